@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from datetime import datetime, timezone
 
 from .http import HTTPError
 
@@ -50,3 +51,10 @@ def resolve_cwd(cwd: object) -> str:
     if not os.path.isdir(resolved):
         raise HTTPError(400, f"working directory {cwd!r} does not exist in the cell", "invalid_request")
     return resolved
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """A time as the API shows it: ISO 8601 in UTC, with the timezone."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()

@@ -2,8 +2,9 @@
 
 Each connection gets a thread. Handlers are plain functions registered on a
 ``Router``; they take a ``Request`` and return a ``Response``. A response body is
-either bytes or an iterator of bytes (sent chunked, for streams), so services
-never deal with the wire.
+either bytes or an iterator of bytes (sent chunked, for streams, unless the
+handler sets ``content-length`` itself), so services never deal with the wire.
+An ``Upgrade`` response switches protocols and hands the raw socket to the service.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ class Request:
         self._consumed = True
         yield from self._conn.iter_body()
 
+    def client_gone(self) -> bool:
+        """Whether the client closed its side (streams check this while idle)."""
+        return self._conn.peer_closed()
+
+    @property
+    def socket(self) -> socket.socket:
+        """The connection's socket, to wait on alongside a stream's own source."""
+        return self._conn.sock
+
     def read_body(self, limit: int = MAX_JSON_BODY) -> bytes:
         chunks, size = [], 0
         for chunk in self.iter_body():
@@ -80,6 +90,19 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     # Called once the response is sent or the client went away (streams clean up here).
     on_close: Callable[[], None] | None = None
+
+
+@dataclass
+class Upgrade(Response):
+    """Answer ``101 Switching Protocols`` and give the connection to ``take_over``.
+
+    ``take_over(sock, trailing)`` owns the socket until it returns (then it is
+    closed); ``trailing`` holds bytes the client sent after its request.
+    """
+
+    status: int = 101
+    protocol: str = ""
+    take_over: Callable[[socket.socket, bytes], None] | None = None
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -137,6 +160,14 @@ class _Connection:
                 continue
             return event
 
+    def peer_closed(self) -> bool:
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
     def iter_body(self) -> Iterator[bytes]:
         while True:
             event = self._next_event()
@@ -178,14 +209,16 @@ class _Connection:
                     return
                 if not isinstance(event, h11.Request):
                     return
-                self._handle(event)
+                if self._handle(event):
+                    return  # the socket was handed over to an Upgrade's take_over
                 if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
                     return
                 try:
                     self.h11.start_next_cycle()
                 except h11.LocalProtocolError:
                     return
-        except (ConnectionError, OSError, h11.RemoteProtocolError):
+        except (ConnectionError, OSError, h11.ProtocolError):
+            # LocalProtocolError too: a streamed file that shrank below its content-length.
             return
         finally:
             try:
@@ -193,7 +226,7 @@ class _Connection:
             except OSError:
                 pass
 
-    def _handle(self, event: h11.Request) -> None:
+    def _handle(self, event: h11.Request) -> bool:
         target = urlsplit(event.target.decode("latin-1"))
         query = {k: v[-1] for k, v in parse_qs(target.query, keep_blank_values=True).items()}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
@@ -212,10 +245,22 @@ class _Connection:
             for _ in request.iter_body():  # drain so the connection can be reused
                 pass
         try:
+            if isinstance(response, Upgrade):
+                self._switch(response)
+                return True
             self._respond(response)
         finally:
             if response.on_close is not None:
                 response.on_close()
+        return False
+
+    def _switch(self, upgrade: Upgrade) -> None:
+        headers = [("connection", "Upgrade"), ("upgrade", upgrade.protocol)]
+        headers += list(upgrade.headers.items())
+        self._send(h11.InformationalResponse(status_code=101, headers=headers))
+        trailing, _ = self.h11.trailing_data
+        if upgrade.take_over is not None:
+            upgrade.take_over(self.sock, bytes(trailing))
 
 
 def serve_forever(listener: socket.socket, router: Router) -> None:

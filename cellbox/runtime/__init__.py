@@ -1,0 +1,53 @@
+"""Isolation backends behind one small interface.
+
+``oci.OciRuntime`` drives an OCI runtime binary (runc by default; crun, runsc or
+kata-runtime by configuration). Nothing above this package knows which backend
+runs a cell; it only sees ``Runtime`` and ``CellSpec``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int = 512
+    cpu_count: float = 1.0
+    pids: int = 256
+    disk_mb: int = 2048
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    cell_id: str
+    limits: Limits
+    envs: dict[str, str] = field(default_factory=dict)
+
+
+class CellRuntimeError(Exception):
+    """A runtime operation failed; the message says what and carries the runtime's own words."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def start(self, spec: CellSpec) -> None:
+        """Start the cell's container with the agent as its first process."""
+
+    async def destroy(self, cell_id: str) -> None:
+        """Stop every process of the cell and free its resources. Idempotent."""
+
+    async def status(self, cell_id: str) -> str | None:
+        """``running``, ``paused``, ``stopped``, or None when no container exists."""
+
+    async def list_cells(self) -> dict[str, str]:
+        """Every container this runtime knows, with its status."""
+
+    def agent_socket(self, cell_id: str) -> Path:
+        """Where the cell's agent answers HTTP."""
+
+    async def check(self) -> None:
+        """Raise if the runtime cannot run cells on this host."""
