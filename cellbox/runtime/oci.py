@@ -83,6 +83,14 @@ class OciRuntime:
             if shutil.which(tool) is None:
                 raise CellRuntimeError(f"{tool} is not installed (on Debian: apt-get install e2fsprogs mount)")
         self._seccomp()  # raises with the package to install when the profile is missing
+        if self.user_namespace:
+            for directory in [self.data_dir, *self.data_dir.parents]:
+                if directory.exists() and not directory.stat().st_mode & 0o001:
+                    raise CellRuntimeError(
+                        f"{directory} is not traversable by other users (mode o+x), so a cell's unprivileged "
+                        f"ids cannot reach its files under {self.data_dir}; choose a data directory elsewhere "
+                        f"or chmod o+x {directory}"
+                    )
 
     def prepare(self) -> None:
         """Create the shared root skeleton and publish the agent's code. Runs once at start."""

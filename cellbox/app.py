@@ -1,0 +1,64 @@
+"""The FastAPI application: wiring of config, store, runtime and cell manager."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from . import __version__, errors
+from .api import cells, commands, system
+from .cells.manager import CellManager
+from .config import Config
+from .limits import BodySizeLimit
+from .runtime.oci import OciRuntime
+from .api.deps import KeyCache
+from .store import Store, ensure_data_dir, sqlite_url
+
+log = logging.getLogger("cellbox")
+
+
+def create_app(config: Config) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ensure_data_dir(config.data_dir)
+        store = Store(config.database_url or sqlite_url(config.data_dir))
+        await store.open()
+        if config.bootstrap_api_key:
+            if await store.find_key(config.bootstrap_api_key) is None:
+                await store.create_key("bootstrap (CELLBOX_API_KEY)", key=config.bootstrap_api_key)
+        runtime = OciRuntime(
+            config.data_dir,
+            binary=config.runtime,
+            agent_python=config.agent_python,
+            seccomp_profile=config.seccomp_profile,
+        )
+        manager = CellManager(config, store, runtime)
+        await manager.start()
+        app.state.config = config
+        app.state.store = store
+        app.state.runtime = runtime
+        app.state.cells = manager
+        app.state.keys = KeyCache(store, config.key_cache_s)
+        app.state.started = time.monotonic()
+        log.info("cellbox %s ready on %s:%s (data in %s)", __version__, config.host, config.port, config.data_dir)
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            await store.close()
+
+    app = FastAPI(
+        title="cellbox: the Cell API",
+        version=__version__,
+        description="Self-hosted sandboxes (cells) for AI agents.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (system, cells, commands):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    return app

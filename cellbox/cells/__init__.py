@@ -1,0 +1,1 @@
+"""The cell manager: the one owner of every cell's state."""
