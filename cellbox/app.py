@@ -21,15 +21,28 @@ from .store import Store, ensure_data_dir, sqlite_url
 log = logging.getLogger("cellbox")
 
 
+async def _ensure_a_key(store: Store, config: Config) -> None:
+    """Accept CELLBOX_API_KEY; on a first start without one, make a key the operator can read."""
+    if config.bootstrap_api_key:
+        if await store.find_key(config.bootstrap_api_key) is None:
+            await store.create_key("bootstrap (CELLBOX_API_KEY)", key=config.bootstrap_api_key)
+        return
+    if await store.list_keys():
+        return
+    record, key = await store.create_key("first key")
+    path = config.data_dir / "initial_api_key"
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    log.warning("created the first API key %s; it is in %s (readable by root only)", record.id, path)
+
+
 def create_app(config: Config) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_data_dir(config.data_dir)
         store = Store(config.database_url or sqlite_url(config.data_dir))
         await store.open()
-        if config.bootstrap_api_key:
-            if await store.find_key(config.bootstrap_api_key) is None:
-                await store.create_key("bootstrap (CELLBOX_API_KEY)", key=config.bootstrap_api_key)
+        await _ensure_a_key(store, config)
         runtime = OciRuntime(
             config.data_dir,
             binary=config.runtime,
