@@ -13,6 +13,7 @@ from . import __version__, errors
 from .api import cells, commands, system
 from .cells.manager import CellManager
 from .config import Config
+from .events import EventLog
 from .limits import BodySizeLimit
 from .runtime.oci import OciRuntime
 from .api.deps import KeyCache
@@ -49,12 +50,14 @@ def create_app(config: Config) -> FastAPI:
             agent_python=config.agent_python,
             seccomp_profile=config.seccomp_profile,
         )
-        manager = CellManager(config, store, runtime)
+        events = EventLog(store)
+        manager = CellManager(config, store, runtime, events)
         await manager.start()
         app.state.config = config
         app.state.store = store
         app.state.runtime = runtime
         app.state.cells = manager
+        app.state.events = events
         app.state.keys = KeyCache(store, config.key_cache_s)
         app.state.started = time.monotonic()
         log.info("cellbox %s ready on %s:%s (data in %s)", __version__, config.host, config.port, config.data_dir)

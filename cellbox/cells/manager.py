@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 from ..config import Config
 from ..errors import ApiError, bad_request
+from ..events import EventLog
 from ..runtime import CellRuntimeError, CellSpec, Limits, Runtime
 from ..store import Cell, Store
 from .agent import AgentClient
@@ -48,10 +49,11 @@ class LiveCell:
 
 
 class CellManager:
-    def __init__(self, config: Config, store: Store, runtime: Runtime) -> None:
+    def __init__(self, config: Config, store: Store, runtime: Runtime, events: EventLog) -> None:
         self.config = config
         self.store = store
         self.runtime = runtime
+        self.events = events
         self.live: dict[str, LiveCell] = {}
         self.timers = InactivityTimers(self._deadline, self._expire)
         self._background: list[asyncio.Task] = []
@@ -269,7 +271,7 @@ class CellManager:
             record.id, state=new.value, last_activity=record.last_activity, started_at=record.started_at,
             executions=record.executions, **fields,
         )
-        await self.store.add_event(record.tenant_id, record.id, event, data)
+        await self.events.emit(record.tenant_id, record.id, event, data)
 
     # -- inactivity ----------------------------------------------------------------------
 
@@ -286,7 +288,7 @@ class CellManager:
         if live is None:
             return
         timeout = live.record.timeout_s
-        await self.store.add_event(live.record.tenant_id, cell_id, "cell.timeout", {"timeout_s": timeout})
+        await self.events.emit(live.record.tenant_id, cell_id, "cell.timeout", {"timeout_s": timeout})
         await self._end(cell_id, REASON_TIMEOUT, f"inactive for {timeout:g} s (its timeout)")
 
     def touch(self, live: LiveCell) -> None:
