@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 
-from . import children, commands, system
+from . import children, commands, execution, files, processes, pty, system
 from .environment import WORKDIR
 from .http import Router, serve_forever
 
@@ -23,7 +23,7 @@ _PR_SET_DUMPABLE = 4
 
 def build_router() -> Router:
     router = Router()
-    for service in (system, commands):
+    for service in (system, commands, files, processes, pty, execution):
         router.include(service.router)
     return router
 

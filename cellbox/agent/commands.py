@@ -106,16 +106,29 @@ def run_foreground(
     }
 
 
-@router.route("POST", "/commands/run")
-def run_command(request: Request) -> Response:
-    body = request.json()
+def parse_command(body: dict) -> str:
     command = body.get("command")
     if not isinstance(command, str) or not command.strip():
         raise HTTPError(400, "'command' must be a non-empty string", "invalid_request")
-    timeout = body.get("timeout") or 60
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
+    return command
+
+
+def parse_timeout(body: dict, default: float | None) -> float | None:
+    """The request's ``timeout`` in seconds; absent (or 0) means ``default``."""
+    timeout = body.get("timeout") or default
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise HTTPError(400, "'timeout' must be a positive number of seconds", "invalid_request")
+    return float(timeout)
+
+
+@router.route("POST", "/commands/run")
+def run_command(request: Request) -> Response:
+    body = request.json()
+    command = parse_command(body)
+    timeout = parse_timeout(body, 60)
     cwd = resolve_cwd(body.get("cwd"))
     env = command_env(body.get("envs") or {})
     cap = int(body.get("output_cap") or DEFAULT_OUTPUT_CAP)
-    return json_response(run_foreground(command, cwd, env, float(timeout), cap))
+    return json_response(run_foreground(command, cwd, env, timeout, cap))

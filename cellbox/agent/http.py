@@ -109,6 +109,11 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(status=status, body=json.dumps(value).encode())
 
 
+def ndjson_line(value: Any) -> bytes:
+    """One event of a streamed ``application/x-ndjson`` body."""
+    return json.dumps(value).encode() + b"\n"
+
+
 Handler = Callable[[Request], Response]
 
 
@@ -257,7 +262,7 @@ class _Connection:
     def _switch(self, upgrade: Upgrade) -> None:
         headers = [("connection", "Upgrade"), ("upgrade", upgrade.protocol)]
         headers += list(upgrade.headers.items())
-        self._send(h11.InformationalResponse(status_code=101, headers=headers))
+        self._send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols"))
         trailing, _ = self.h11.trailing_data
         if upgrade.take_over is not None:
             upgrade.take_over(self.sock, bytes(trailing))

@@ -40,6 +40,7 @@ def agent(tmp_path: Path):
         time.sleep(0.01)
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://agent", timeout=60)
     client.workdir = workdir  # type: ignore[attr-defined]
+    client.socket_path = str(sock)  # type: ignore[attr-defined]
     try:
         yield client
     finally:
