@@ -1,0 +1,82 @@
+"""Code execution: ``/exec`` (blocking), ``/exec/stream`` (SSE), and receipts."""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ..cells.execution import Execution, resolve_language, sse_events
+from ..errors import bad_request
+from .cells import manager
+from .deps import tenant
+from .schemas import ErrorBody, ExecRequest, ExecResult, PublicKey, Receipt
+
+router = APIRouter(tags=["execution"], responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+
+
+async def _start(request: Request, cell_id: str, body: ExecRequest, tenant_id: str, streaming: bool) -> Execution:
+    cells = manager(request)
+    config = request.app.state.config
+    timeout = body.timeout or config.exec_timeout_s
+    if timeout > config.max_exec_timeout_s:
+        raise bad_request(f"timeout {timeout:g} s is above this server's maximum of {config.max_exec_timeout_s:g} s")
+    live = await cells.running(tenant_id, cell_id)
+    language = resolve_language(body.language, live.record.template)
+    return Execution(
+        cells, request.app.state.notary, live,
+        code=body.code, language=language, timeout=timeout,
+        envs={**live.record.envs, **(body.envs or {})}, streaming=streaming,
+    )
+
+
+@router.post("/v1/cells/{cell_id}/exec", response_model=ExecResult)
+async def execute(request: Request, cell_id: str, body: ExecRequest, tenant_id: str = Depends(tenant)) -> dict:
+    """Run code and answer when it ends. An exception in the code is not an API error:
+    the answer is 200 with a non-zero ``exit_code`` and the ``error``."""
+    execution = await _start(request, cell_id, body, tenant_id, streaming=False)
+    return await execution.answer()
+
+
+@router.post(
+    "/v1/cells/{cell_id}/exec/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "SSE: stdout, stderr, display, error, result (last)."}},
+)
+async def execute_stream(request: Request, cell_id: str, body: ExecRequest, tenant_id: str = Depends(tenant)) -> StreamingResponse:
+    """Stream output as it is produced: one event per output line, ``result`` last."""
+    execution = await _start(request, cell_id, body, tenant_id, streaming=True)
+
+    async def frames() -> AsyncIterator[str]:
+        async for event in sse_events(execution):
+            if event is None:
+                yield ": keep-alive\n\n"
+            else:
+                yield f"data: {json.dumps(event)}\n\n"
+
+    return StreamingResponse(
+        frames(), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/v1/receipts/public-key", response_model=PublicKey)
+async def public_key(request: Request) -> dict:
+    """The Ed25519 key that signs every receipt; open, so anyone can verify."""
+    return request.app.state.receipt_public_key
+
+
+@router.get("/v1/cells/{cell_id}/receipts", response_model=list[Receipt])
+async def list_receipts(
+    request: Request, cell_id: str,
+    after: int = Query(-1, description="Only receipts with a larger sequence."),
+    limit: int = Query(1000, ge=1, le=1000),
+    tenant_id: str = Depends(tenant),
+) -> list[dict]:
+    """A cell's receipt chain, in order (also for killed cells within retention)."""
+    await manager(request).get(tenant_id, cell_id)
+    notary = request.app.state.notary
+    await notary.flush()
+    return await request.app.state.store.list_receipts(cell_id, after, limit)
