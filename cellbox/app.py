@@ -10,14 +10,20 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 
 from . import __version__, errors
-from .api import cells, commands, system
+from .api import cells, commands, execution, files, metrics, processes, pty, snapshots, system
+from .api import events as event_routes, fetch, webhooks
+from .api import templates as template_routes
 from .cells.manager import CellManager
 from .config import Config
+from .metrics import Meters, Prometheus, RequestMetrics
+from .receipts import Notary, load_or_create_key, public_key_info
 from .events import EventLog
+from .events.delivery import WebhookWorker
 from .limits import BodySizeLimit
 from .runtime.oci import OciRuntime
 from .api.deps import KeyCache
 from .store import Store, ensure_data_dir, sqlite_url
+from .templates import TemplateRegistry
 
 log = logging.getLogger("cellbox")
 
@@ -38,6 +44,7 @@ async def _ensure_a_key(store: Store, config: Config) -> None:
 
 
 def create_app(config: Config) -> FastAPI:
+    prometheus = Prometheus()
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_data_dir(config.data_dir)
@@ -51,20 +58,38 @@ def create_app(config: Config) -> FastAPI:
             seccomp_profile=config.seccomp_profile,
         )
         events = EventLog(store)
-        manager = CellManager(config, store, runtime, events)
+        meters = Meters(store, prometheus)
+        templates = TemplateRegistry(config, store, runtime, events)
+        manager = CellManager(config, store, runtime, events, templates=templates, meters=meters)
+        notary = Notary(load_or_create_key(config.data_dir / "receipt_key.pem"), store)
+        notary.start()
         await manager.start()
+        await templates.start()  # after the manager: it needs the runtime prepared
+        webhook_worker = WebhookWorker(config, store, events.deliveries_queued)
+        webhook_worker.start()
         app.state.config = config
         app.state.store = store
         app.state.runtime = runtime
         app.state.cells = manager
+        app.state.usage = meters.usage
+        app.state.latency = meters.latency
+        app.state.prometheus = meters.prometheus
+        app.state.templates = templates
         app.state.events = events
+        app.state.webhooks = webhook_worker
+        app.state.notary = notary
+        app.state.receipt_public_key = public_key_info(notary.key)
         app.state.keys = KeyCache(store, config.key_cache_s)
         app.state.started = time.monotonic()
         log.info("cellbox %s ready on %s:%s (data in %s)", __version__, config.host, config.port, config.data_dir)
         try:
             yield
         finally:
+            events.bus.close()
+            await webhook_worker.stop()
+            await templates.shutdown()
             await manager.shutdown()
+            await notary.close()
             await store.close()
 
     app = FastAPI(
@@ -74,7 +99,10 @@ def create_app(config: Config) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (system, cells, commands):
+    for module in (system, cells, commands, execution, files, processes, pty, event_routes, fetch, webhooks, snapshots,
+                   template_routes, metrics):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    # Outermost, so it times everything the server answers.
+    app.add_middleware(RequestMetrics, prometheus=prometheus)
     return app

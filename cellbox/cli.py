@@ -77,6 +77,7 @@ def serve(config: Config, log_level: str = "info") -> None:
     from .app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

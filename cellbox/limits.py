@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
 
 Scope = dict[str, Any]
+# Raw uploads stream to the cell's disk, which bounds them; no body cap there.
+_STREAMED_UPLOAD = re.compile(r"^/v1/cells/[^/]+/files/upload$")
 
 
 class BodySizeLimit:
@@ -22,7 +25,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _STREAMED_UPLOAD.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

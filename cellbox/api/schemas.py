@@ -53,6 +53,7 @@ class CreateCellRequest(BaseModel):
     memory_mb: int | None = Field(None, ge=32)
     disk_mb: int | None = Field(None, ge=64)
     pids: int | None = Field(None, ge=16, description="Most processes and threads at once.")
+    snapshot_id: StrictStr | None = Field(None, description="Start from this snapshot's files (a fork); same API key only.")
 
 
 class CellInfo(BaseModel):
@@ -125,3 +126,174 @@ class HealthResponse(BaseModel):
     uptime_s: float
     runtime: dict
     store: dict
+
+
+class ExecRequest(BaseModel):
+    code: StrictStr
+    language: StrictStr | None = Field(None, description="python (python3, py), javascript (js, node), bash (sh); default: the template's.")
+    timeout: float | None = Field(None, gt=0, description="Seconds; past it the code is interrupted.")
+    envs: StringMap | None = None
+
+
+class Receipt(BaseModel):
+    execution_id: str
+    cell_id: str
+    sequence: int
+    code_hash: str = Field(description="SHA-256 of the code.")
+    result_hash: str = Field(description="SHA-256 of the canonical JSON of stdout, stderr, exit_code, results, error.")
+    template: str
+    language: str
+    timestamp: int = Field(description="Milliseconds since the epoch.")
+    prev_hash: str = Field(description="receipt_hash of the cell's previous receipt (64 zeros for the first).")
+    receipt_hash: str = Field(description="SHA-256 of the canonical JSON of the fields above.")
+    signature: str = Field(description="Ed25519 signature of those same bytes, base64.")
+
+
+class ExecError(BaseModel):
+    name: str
+    value: str
+    traceback: str
+
+
+class ExecResult(BaseModel):
+    stdout: str
+    stderr: str
+    exit_code: int
+    latency_ms: float
+    receipt: Receipt
+    results: list[dict] = Field(description="Rich outputs as MIME bundles, in order.")
+    error: ExecError | None = None
+    execution_count: int | None = None
+    language: str
+    timed_out: bool = False
+    state_lost: bool = Field(False, description="The kernel was restarted: variables from earlier runs are gone.")
+    kernel_restarted: bool = False
+    truncated: dict = Field(default_factory=dict, description="Bytes dropped beyond the output caps, per stream.")
+
+
+class PublicKey(BaseModel):
+    algorithm: str
+    public_key: str = Field(description="Raw 32-byte Ed25519 public key, base64.")
+    pem: str
+
+
+class EntryInfo(BaseModel):
+    name: str
+    type: Literal["file", "dir"] | None
+    path: str = Field(description="Absolute path inside the cell.")
+    size: int
+    mode: int = Field(description="Permission bits.")
+    permissions: str = Field(description="Like rw-r--r--.")
+    owner: str
+    group: str
+    modified_time: str | None = Field(description="ISO 8601.")
+    symlink_target: str | None = None
+
+
+class WriteFileRequest(BaseModel):
+    path: StrictStr = Field(min_length=1)
+    content: StrictStr
+    encoding: Literal["utf-8", "base64"] | None = None
+    mode: int | None = Field(None, ge=0, le=0o7777)
+
+
+class FileContent(BaseModel):
+    content: str
+    encoding: str = "utf-8"
+
+
+class FileList(BaseModel):
+    files: list[EntryInfo]
+
+
+class ExistsResponse(BaseModel):
+    exists: bool
+
+
+class MkdirRequest(BaseModel):
+    path: StrictStr = Field(min_length=1)
+
+
+class RenameRequest(BaseModel):
+    old_path: StrictStr = Field(min_length=1)
+    new_path: StrictStr = Field(min_length=1)
+
+
+class ProcessInfo(BaseModel):
+    command_id: str
+    pid: int | None
+    command: str
+    status: Literal["running", "completed", "failed"]
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    model_config = ConfigDict(extra="allow")
+
+
+class KillRequest(BaseModel):
+    signal: StrictStr | int | None = Field(None, description="SIGKILL (default), SIGTERM, SIGINT... or a number.")
+
+
+class StdinRequest(BaseModel):
+    data: StrictStr = ""
+    eof: StrictBool = Field(False, description="Close stdin after writing data.")
+
+
+class SnapshotManifest(BaseModel):
+    snapshot_id: str
+    cell_id: str
+    created_at: str = Field(description="ISO 8601.")
+    created_at_ms: int
+    size_bytes: int
+    digest: str = Field(description="SHA-256 of the archive, checked before every restore.")
+    reason: Literal["pause", "manual", "eviction"]
+
+
+class PauseResponse(BaseModel):
+    snapshot_id: str
+    snapshot: SnapshotManifest
+
+
+class ResumeResponse(BaseModel):
+    restored: dict = Field(description="from: memory or a snapshot id; files, processes, variables restored.")
+    cell: CellInfo
+
+
+class UsageResponse(BaseModel):
+    cells_created: int
+    cells_running: int
+    cells_paused: int
+    cell_seconds: float = Field(description="Seconds cells have existed, live ones counted until now.")
+    executions: int
+    commands: int
+    cpu_seconds: float = Field(description="CPU time of all cells, from their cgroups.")
+    memory_peak_bytes: int = Field(description="The largest peak memory of any cell.")
+    snapshot_bytes: int
+    fetches: int
+    fetch_bytes: int
+
+
+class CellMetrics(BaseModel):
+    cell_id: str
+    state: str
+    cpu_seconds: float | None
+    memory_bytes: int | None
+    memory_peak_bytes: int | None
+    disk_bytes: int | None
+    pids: int | None
+    executions: int
+
+
+class StatsResponse(BaseModel):
+    running: int
+    paused: int
+    killed_today: int
+    created_last_hour: int
+    created_last_day: int
+    exec_latency_ms: dict = Field(description="p50, p95, p99 over the last 15 minutes, and the count.")
+    server_errors: int = Field(description="Answers with status >= 500 since the server started.")
+    pool: dict = Field(description="Warm cells ready / wanted (no warm pool yet).")
+    host: dict

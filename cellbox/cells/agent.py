@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -27,12 +29,35 @@ class AgentClient:
         except httpx.TransportError as exc:
             raise ApiError(502, f"the cell's agent is unreachable: {exc}", "agent_unreachable") from exc
         if response.status_code >= 400:
-            try:
-                body = response.json()
-                raise ApiError(response.status_code, body["error"], body.get("error_type", "error"))
-            except (ValueError, KeyError):
-                raise ApiError(502, f"the cell's agent answered {response.status_code}", "agent_error")
+            self._raise_for(response)
         return response.json()
+
+    @contextlib.asynccontextmanager
+    async def stream_lines(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[AsyncIterator[dict]]:
+        """A streamed NDJSON answer, one JSON object per line, as the agent sends them."""
+        try:
+            async with self.client.stream(method, path, timeout=httpx.Timeout(30.0, read=None), **kwargs) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._raise_for(response)
+
+                async def lines() -> AsyncIterator[dict]:
+                    async for line in response.aiter_lines():
+                        if line:
+                            yield json.loads(line)
+
+                yield lines()
+        except httpx.TransportError as exc:
+            raise ApiError(502, f"the cell's agent is unreachable: {exc}", "agent_unreachable") from exc
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        try:
+            body = response.json()
+            error, error_type = body["error"], body.get("error_type", "error")
+        except (ValueError, KeyError):
+            raise ApiError(502, f"the cell's agent answered {response.status_code}", "agent_error")
+        raise ApiError(response.status_code, error, error_type)
 
     async def close(self) -> None:
         await self.client.aclose()

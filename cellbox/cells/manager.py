@@ -11,15 +11,20 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from ..config import Config
 from ..errors import ApiError, bad_request
 from ..events import EventLog
-from ..runtime import CellRuntimeError, CellSpec, Limits, Runtime
-from ..store import Cell, Store
+from ..metrics import Meters
+from ..runtime import CellRuntimeError, CellSpec, Limits, Runtime, archive, cgroups
+from ..store import Cell, Snapshot, Store
+from ..templates import Launch, TemplateRegistry
+from . import snapshots
 from .agent import AgentClient
 from .state import LIVE_STATES, CellState, check_transition
 from .timers import InactivityTimers
@@ -45,18 +50,28 @@ class LiveCell:
     # Operations in progress (executions, foreground commands, client streams): while
     # any runs, the cell is active and its inactivity timer cannot fire.
     busy: int = 0
+    # Of those, the ones a pause waits for (not open-ended client streams).
+    inflight: int = 0
+    pausing: bool = False
     dirty: bool = False
 
 
 class CellManager:
-    def __init__(self, config: Config, store: Store, runtime: Runtime, events: EventLog) -> None:
+    def __init__(
+        self, config: Config, store: Store, runtime: Runtime, events: EventLog,
+        templates: TemplateRegistry | None = None, meters: Meters | None = None,
+    ) -> None:
         self.config = config
+        self.meters = meters or Meters(store)
+        self.templates = templates
         self.store = store
         self.runtime = runtime
         self.events = events
         self.live: dict[str, LiveCell] = {}
         self.timers = InactivityTimers(self._deadline, self._expire)
         self._background: list[asyncio.Task] = []
+        # Work that must finish even when its client has gone (executions, mostly).
+        self.background_tasks: set[asyncio.Task] = set()
 
     # -- start and stop ------------------------------------------------------------
 
@@ -97,8 +112,13 @@ class CellManager:
             if record.state == CellState.CREATING.value:
                 await self.runtime.destroy(record.id)
                 await self._record_end(record, REASON_SERVER, "the server stopped while the cell was being created")
-            elif status in ("running", "paused") and await self._adopt(record):
+            elif status in ("running", "paused") and await self._adopt(record, status):
                 log.info("adopted cell %s (%s)", record.id, status)
+            elif await self.store.list_snapshots(record.id):
+                # Its processes are gone but its files are not: it waits, paused, to be
+                # restored from its latest snapshot when resumed.
+                await self.runtime.destroy(record.id)
+                await self._keep_as_evicted(record)
             else:
                 await self.runtime.destroy(record.id)
                 await self._record_end(
@@ -109,18 +129,38 @@ class CellManager:
             log.warning("removing container %s that no cell record owns", orphan)
             await self.runtime.destroy(orphan)
 
-    async def _adopt(self, record: Cell) -> bool:
+    async def _adopt(self, record: Cell, status: str) -> bool:
         live = LiveCell(record, AgentClient(self.runtime.agent_socket(record.id)))
-        try:
-            await live.agent.request("GET", "/health", timeout=5)
-        except ApiError:
-            await live.agent.close()
-            return False
+        if status == "running":
+            try:
+                await live.agent.request("GET", "/health", timeout=5)
+            except ApiError:
+                await live.agent.close()
+                return False
+            if record.state == CellState.PAUSED.value:
+                # The server stopped between thawing and recording it: running it is.
+                await self._transition(record, CellState.RUNNING, "cell.resumed", {"after": "server restart"}, paused_at=None)
+        elif record.state == CellState.RUNNING.value:
+            # Frozen but recorded running: a pause that did not finish. Thaw it.
+            await self.runtime.resume(record.id)
         # A restart must never make a cell end earlier than its timeout promised.
         record.last_activity = max(record.last_activity, time.time())
         self.live[record.id] = live
         self.timers.arm(record.id)
         return True
+
+    async def _keep_as_evicted(self, record: Cell) -> None:
+        record.evicted = True
+        record.paused_at = record.paused_at or time.time()
+        if record.state == CellState.RUNNING.value:
+            await self._transition(
+                record, CellState.PAUSED, "cell.paused",
+                {"reason": "server", "detail": "its container was gone when the server started; resume restores its latest snapshot"},
+                paused_at=record.paused_at, evicted=True,
+            )
+        else:
+            await self.store.update_cell(record.id, evicted=True, paused_at=record.paused_at)
+        self.live[record.id] = LiveCell(record, AgentClient(self.runtime.agent_socket(record.id)))
 
     # -- reading -------------------------------------------------------------------
 
@@ -146,19 +186,28 @@ class CellManager:
                 "cell_killed",
             )
         if record.state == CellState.PAUSED.value:
-            raise ApiError(409, f"cell {cell_id!r} is paused; resume it first (POST /v1/cells/{cell_id}/resume)", "cell_paused")
+            if not record.lifecycle.get("auto_resume"):
+                raise ApiError(
+                    409, f"cell {cell_id!r} is paused; resume it first (POST /v1/cells/{cell_id}/resume)", "cell_paused"
+                )
+            await self.resume(tenant_id, cell_id)
         live = self.live.get(cell_id)
         if live is None or record.state != CellState.RUNNING.value:
             raise ApiError(409, f"cell {cell_id!r} is {record.state}; try again in a moment", "cell_not_ready")
+        if live.pausing:
+            raise ApiError(409, f"cell {cell_id!r} is being paused; resume it once the pause is done", "cell_pausing")
         return live
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def _limits(self, request: Any) -> Limits:
+    def _limits(self, request: Any, launch: Launch | None = None) -> Limits:
+        """The request's limits, else the template's, else the server's defaults."""
         default, maximum = self.config.default_limits, self.config.max_limits
         values = {}
         for name in ("memory_mb", "cpu_count", "pids", "disk_mb"):
             value = getattr(request, name, None)
+            if value is None and launch is not None:
+                value = launch.limits.get(name)
             if value is None:
                 value = getattr(default, name)
             if value > getattr(maximum, name):
@@ -180,18 +229,22 @@ class CellManager:
             )
         if request.volume_id or request.volume_mounts:
             raise bad_request("volumes are not available on this server yet; omit volume_id and volume_mounts")
-        if request.lifecycle is not None and request.lifecycle.on_timeout == "pause":
-            raise bad_request('lifecycle.on_timeout="pause" is not available yet; use "kill"')
 
     async def create(self, tenant_id: str, request: Any) -> Cell:
+        launch = None
         if request.template not in BUILTIN_TEMPLATES:
-            raise bad_request(
-                f"unknown template {request.template!r}; available: {', '.join(sorted(BUILTIN_TEMPLATES))}"
-            )
+            if self.templates is None:
+                raise bad_request(
+                    f"unknown template {request.template!r}; available: {', '.join(sorted(BUILTIN_TEMPLATES))}"
+                )
+            launch = await self.templates.launch(tenant_id, request.template)
         self._refuse_unsupported(request)
-        limits = self._limits(request)
+        fork_from = await self._fork_source(tenant_id, getattr(request, "snapshot_id", None))
+        limits = self._limits(request, launch)
         now = time.time()
-        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else self.config.default_timeout_s
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else (
+            launch.timeout_s if launch is not None and launch.timeout_s else self.config.default_timeout_s
+        )
         record = Cell(
             id=f"cell-{secrets.token_hex(8)}",
             tenant_id=tenant_id,
@@ -206,27 +259,49 @@ class CellManager:
             allow_internet_access=False,
             name=request.name,
             cell_metadata=dict(request.metadata or {}),
-            envs=dict(request.envs or {}),
+            envs={**(launch.envs if launch is not None else {}), **(request.envs or {})},
             limits=limits.__dict__.copy(),
             lifecycle=(request.lifecycle.model_dump() if request.lifecycle else {"on_timeout": "kill", "auto_resume": False}),
             network=(request.network.model_dump(exclude_none=True) if request.network else {}),
             executions=0,
             runtime=self.runtime.name,
+            source_snapshot_id=getattr(request, "snapshot_id", None),
         )
         await self.store.add_cell(record)
+        options: dict[str, Any] = {}
+        if launch is not None and self.templates is not None:
+            await self.templates.record_use(launch, record.id)
+            options = launch.container_options()
         live = LiveCell(record, AgentClient(self.runtime.agent_socket(record.id)))
         self.live[record.id] = live
         try:
-            await self.runtime.start(CellSpec(record.id, limits, dict(record.envs)))
+            await self.runtime.start(CellSpec(record.id, limits, dict(record.envs), **options), restore_from=fork_from)
             await self._wait_for_agent(live)
+            if launch is not None and self.templates is not None:
+                await self.templates.prepare_cell(launch, live.agent, dict(record.envs))
         except (CellRuntimeError, ApiError) as exc:
             log.warning("cell %s failed to start: %s", record.id, exc)
             await self._end(record.id, REASON_ERROR, f"failed to start: {exc}")
             raise ApiError(500, f"the cell could not be started: {exc}", "cell_start_failed") from exc
         record.started_at = record.last_activity = time.time()
         await self._transition(record, CellState.RUNNING, "cell.created", {"template": record.template})
+        self.meters.usage.add(tenant_id, cells_created=1)
         self.timers.arm(record.id)
         return record
+
+    async def _fork_source(self, tenant_id: str, snapshot_id: str | None) -> Path | None:
+        """The verified archive a new cell starts from: a fork of a snapshot of the same tenant."""
+        if snapshot_id is None:
+            return None
+        snapshot = await self.store.get_snapshot(snapshot_id)
+        if snapshot is None or snapshot.tenant_id != tenant_id:
+            raise ApiError(404, f"snapshot {snapshot_id!r} not found for this API key", "not_found")
+        path = snapshots.archive_path(self.config.data_dir, snapshot.cell_id, snapshot.id)
+        try:
+            await archive.verify(path, snapshot.digest)
+        except CellRuntimeError as exc:
+            raise ApiError(409, f"cannot fork from {snapshot_id}: {exc}", "snapshot_unusable") from exc
+        return path
 
     async def _wait_for_agent(self, live: LiveCell) -> None:
         try:
@@ -249,12 +324,21 @@ class CellManager:
             if live.record.state == CellState.KILLED.value:
                 return
             self.timers.disarm(cell_id)
+            self._account_end(live.record)
             try:
                 await self.runtime.destroy(cell_id)
             finally:
                 self.live.pop(cell_id, None)
                 await live.agent.close()
                 await self._record_end(live.record, reason, detail)
+
+    def _account_end(self, record: Cell) -> None:
+        """Add what a cell used to its tenant's totals, read from its cgroup before it goes."""
+        figures = cgroups.usage(record.id)
+        self.meters.usage.add(
+            record.tenant_id, cell_seconds=time.time() - record.started_at,
+            cpu_seconds=figures["cpu_seconds"], memory_peak_bytes=figures["memory_peak_bytes"],
+        )
 
     async def _record_end(self, record: Cell, reason: str, detail: str) -> None:
         record.ended_at = time.time()
@@ -276,19 +360,36 @@ class CellManager:
     # -- inactivity ----------------------------------------------------------------------
 
     def _deadline(self, cell_id: str) -> float | None:
+        """Running: its inactivity timeout. Paused: when its container is let go."""
         live = self.live.get(cell_id)
-        if live is None or live.record.state != CellState.RUNNING.value:
+        if live is None:
+            return None
+        record = live.record
+        if record.state == CellState.PAUSED.value:
+            if record.evicted or record.paused_at is None:
+                return None
+            return record.paused_at + self.config.evict_after_s
+        if record.state != CellState.RUNNING.value:
             return None
         if live.busy:
-            return time.time() + live.record.timeout_s
-        return live.record.last_activity + live.record.timeout_s
+            return time.time() + record.timeout_s
+        return record.last_activity + record.timeout_s
 
     async def _expire(self, cell_id: str) -> None:
         live = self.live.get(cell_id)
         if live is None:
             return
+        if live.record.state == CellState.PAUSED.value:
+            await self._evict(live)
+            return
         timeout = live.record.timeout_s
         await self.events.emit(live.record.tenant_id, cell_id, "cell.timeout", {"timeout_s": timeout})
+        if live.record.lifecycle.get("on_timeout") == "pause":
+            try:
+                await self._pause(live, reason=REASON_TIMEOUT)
+                return
+            except ApiError as exc:
+                log.warning("cell %s could not pause at its timeout (%s); killing it", cell_id, exc.error)
         await self._end(cell_id, REASON_TIMEOUT, f"inactive for {timeout:g} s (its timeout)")
 
     def touch(self, live: LiveCell) -> None:
@@ -296,14 +397,20 @@ class CellManager:
         live.dirty = True
 
     @contextlib.asynccontextmanager
-    async def activity(self, live: LiveCell) -> AsyncIterator[None]:
-        """Marks an operation in progress: the cell cannot time out until it ends."""
+    async def activity(self, live: LiveCell, stream: bool = False) -> AsyncIterator[None]:
+        """Marks an operation in progress: the cell cannot time out until it ends.
+
+        A pause waits for operations to finish, except client streams (a terminal,
+        a watch), which are frozen with the cell and carry on after a resume.
+        """
         live.busy += 1
+        live.inflight += 0 if stream else 1
         self.touch(live)
         try:
             yield
         finally:
             live.busy -= 1
+            live.inflight -= 0 if stream else 1
             self.touch(live)
 
     async def set_timeout(self, tenant_id: str, cell_id: str, seconds: float) -> Cell:
@@ -318,6 +425,171 @@ class CellManager:
         live = await self.running(tenant_id, cell_id)
         self.touch(live)
         return live.record
+
+    # -- pause, resume, snapshots ----------------------------------------------------------------
+
+    async def pause(self, tenant_id: str, cell_id: str) -> Snapshot:
+        record = await self.get(tenant_id, cell_id)
+        if record.state != CellState.RUNNING.value:
+            raise ApiError(409, f"cell {cell_id!r} is {record.state}; only a running cell can be paused", "cell_not_running")
+        return await self._pause(self.live[cell_id], reason=REASON_REQUEST)
+
+    async def _pause(self, live: LiveCell, reason: str) -> Snapshot:
+        """Freeze and snapshot, or leave the cell running: never half paused."""
+        record = live.record
+        async with live.lock:
+            if record.state != CellState.RUNNING.value:
+                raise ApiError(409, f"cell {record.id!r} is {record.state}; only a running cell can be paused", "cell_not_running")
+            live.pausing = True
+            try:
+                await self._drain(live)
+                await self.runtime.pause(record.id)
+                try:
+                    snapshot = await self._snapshot(live, "pause")
+                except Exception as exc:
+                    await self.runtime.resume(record.id)
+                    raise ApiError(
+                        500, f"the cell could not be paused, its snapshot failed ({exc}); it is still running",
+                        "pause_failed",
+                    ) from exc
+                self.timers.disarm(record.id)
+                record.paused_at = time.time()
+                await self._transition(
+                    record, CellState.PAUSED, "cell.paused", {"snapshot_id": snapshot.id, "reason": reason},
+                    paused_at=record.paused_at,
+                )
+            finally:
+                live.pausing = False
+        self.timers.arm(record.id)
+        return snapshot
+
+    async def _drain(self, live: LiveCell) -> None:
+        """Let executions and commands in flight finish before freezing (bounded)."""
+        deadline = time.monotonic() + self.config.pause_drain_s
+        while live.inflight:
+            if time.monotonic() > deadline:
+                raise ApiError(
+                    409, f"cell {live.record.id!r} is still running an execution or command after "
+                    f"{self.config.pause_drain_s:g} s; try the pause again when it is done", "cell_busy",
+                )
+            await asyncio.sleep(0.05)
+
+    async def _snapshot(self, live: LiveCell, reason: str, namespace_saved: bool = False) -> Snapshot:
+        """Archive a frozen cell's disk and record the verified manifest."""
+        record = live.record
+        snapshot_id = snapshots.new_snapshot_id()
+        path = snapshots.archive_path(self.config.data_dir, record.id, snapshot_id)
+        size, digest = await self.runtime.snapshot(record.id, path)
+        snapshot = Snapshot(
+            id=snapshot_id, tenant_id=record.tenant_id, cell_id=record.id, created_at=time.time(),
+            size_bytes=size, digest=digest, reason=reason, namespace_saved=namespace_saved,
+        )
+        await self.store.add_snapshot(snapshot)
+        await self.events.emit(record.tenant_id, record.id, "cell.snapshot_created", {
+            "snapshot_id": snapshot_id, "reason": reason, "size_bytes": size, "digest": digest,
+        })
+        return snapshot
+
+    async def take_snapshot(self, tenant_id: str, cell_id: str) -> Snapshot:
+        """A restore point of a running cell, frozen only while its disk is archived."""
+        live = await self.running(tenant_id, cell_id)
+        async with live.lock:
+            await self.runtime.pause(cell_id)
+            try:
+                return await self._snapshot(live, "manual")
+            finally:
+                await self.runtime.resume(cell_id)
+
+    async def resume(self, tenant_id: str, cell_id: str) -> dict[str, Any]:
+        """Thaw a paused cell, or start it again from its snapshot if its container is gone."""
+        record = await self.get(tenant_id, cell_id)
+        if record.state == CellState.KILLED.value:
+            raise ApiError(404, f"cell {cell_id!r} has ended ({record.end_reason}); create a new cell", "cell_killed")
+        live = self.live[cell_id]
+        async with live.lock:
+            if record.state == CellState.RUNNING.value:
+                return {"already_running": True}
+            if not record.evicted and await self.runtime.status(cell_id) == "paused":
+                await self.runtime.resume(cell_id)
+                restored: dict[str, Any] = {"from": "memory", "files": True, "processes": True, "variables": True}
+            else:
+                restored = await self._restore(live)
+            record.paused_at = None
+            record.evicted = False
+            self.touch(live)
+            await self._transition(
+                record, CellState.RUNNING, "cell.resumed", {"restored": restored}, paused_at=None, evicted=False,
+            )
+        self.timers.arm(cell_id)
+        return restored
+
+    async def _restore(self, live: LiveCell) -> dict[str, Any]:
+        """Start a fresh container from the latest snapshot; the record is untouched on failure."""
+        record = live.record
+        kept = await self.store.list_snapshots(record.id)
+        if not kept:
+            raise ApiError(409, f"cell {record.id!r} has no snapshot to restore from", "no_snapshot")
+        snapshot = kept[-1]
+        path = snapshots.archive_path(self.config.data_dir, record.id, snapshot.id)
+        try:
+            await archive.verify(path, snapshot.digest)
+            await self.runtime.start(self._spec(record), restore_from=path)
+        except CellRuntimeError as exc:
+            raise ApiError(500, f"the cell could not be restored from {snapshot.id}: {exc}; it stays paused", "restore_failed") from exc
+        await live.agent.close()
+        live.agent = AgentClient(self.runtime.agent_socket(record.id))
+        try:
+            await self._wait_for_agent(live)
+        except CellRuntimeError as exc:
+            await self.runtime.destroy(record.id)
+            raise ApiError(500, f"the restored cell did not start: {exc}; it stays paused", "restore_failed") from exc
+        variables: Any = False
+        if snapshot.namespace_saved:
+            variables = await snapshots.restore_namespace(live.agent) or False
+        restored = {"from": snapshot.id, "files": True, "processes": False, "variables": variables}
+        await self.events.emit(record.tenant_id, record.id, "cell.restored", restored)
+        return restored
+
+    async def _evict(self, live: LiveCell) -> None:
+        """Release a long-paused cell's memory: save what can be saved, keep only the snapshot."""
+        record = live.record
+        async with live.lock:
+            if record.state != CellState.PAUSED.value or record.evicted:
+                return
+            namespace = None
+            try:
+                await self.runtime.resume(record.id)
+                try:
+                    namespace = await snapshots.save_namespace(live.agent)
+                except ApiError as exc:
+                    log.warning("cell %s: python namespace not saved before eviction: %s", record.id, exc.error)
+                finally:
+                    await self.runtime.pause(record.id)
+                snapshot = await self._snapshot(live, "eviction", namespace_saved=namespace is not None)
+            except Exception:
+                log.exception("cell %s could not be evicted; it stays paused in memory", record.id)
+                return
+            await self.runtime.destroy(record.id)
+            record.evicted = True
+            await self.store.update_cell(record.id, evicted=True)
+            await self.events.emit(record.tenant_id, record.id, "cell.evicted", {
+                "snapshot_id": snapshot.id, "variables_saved": (namespace or {}).get("saved", []),
+            })
+
+    async def list_snapshots(self, tenant_id: str, cell_id: str) -> list[Snapshot]:
+        await self.get(tenant_id, cell_id)
+        return await self.store.list_snapshots(cell_id)
+
+    async def delete_snapshot(self, tenant_id: str, cell_id: str, snapshot_id: str) -> None:
+        await self.get(tenant_id, cell_id)
+        snapshot = await self.store.get_snapshot(snapshot_id)
+        if snapshot is None or snapshot.cell_id != cell_id:
+            raise ApiError(404, f"snapshot {snapshot_id!r} not found for cell {cell_id!r}", "not_found")
+        await self.store.delete_snapshot(snapshot_id)
+        snapshots.archive_path(self.config.data_dir, cell_id, snapshot_id).unlink(missing_ok=True)
+
+    def _spec(self, record: Cell) -> CellSpec:
+        return CellSpec(record.id, Limits(**record.limits), dict(record.envs))
 
     # -- metadata and envs ------------------------------------------------------------------
 
@@ -335,7 +607,8 @@ class CellManager:
     # -- housekeeping -------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write activity times kept in memory (activity is too frequent to write each time)."""
+        """Write activity times and usage kept in memory (too frequent to write each time)."""
+        await self.meters.usage.flush()
         for live in list(self.live.values()):
             if live.dirty:
                 live.dirty = False
@@ -345,5 +618,7 @@ class CellManager:
 
     async def purge(self) -> None:
         purged = await self.store.purge_cells(time.time() - self.config.retention_s)
+        for cell_id in purged:
+            shutil.rmtree(self.config.data_dir / "snapshots" / cell_id, ignore_errors=True)
         if purged:
-            log.info("purged %d killed cells past retention", len(purged))
+            log.info("purged %d killed cells past retention, with their snapshots", len(purged))

@@ -25,6 +25,12 @@ class CellSpec:
     cell_id: str
     limits: Limits
     envs: dict[str, str] = field(default_factory=dict)
+    # From a template: its read-only layer (at /opt/template), the cell's working
+    # directory, and the name of its user with the passwd/group files that give it.
+    layer: Path | None = None
+    workdir: str | None = None
+    user: str | None = None
+    user_db: Path | None = None
 
 
 class CellRuntimeError(Exception):
@@ -34,8 +40,18 @@ class CellRuntimeError(Exception):
 class Runtime(Protocol):
     name: str
 
-    async def start(self, spec: CellSpec) -> None:
-        """Start the cell's container with the agent as its first process."""
+    async def start(self, spec: CellSpec, restore_from: Path | None = None) -> None:
+        """Start the cell's container with the agent as its first process; its disk
+        restored from a (verified) snapshot archive when one is given."""
+
+    async def pause(self, cell_id: str) -> None:
+        """Freeze every process of the cell."""
+
+    async def resume(self, cell_id: str) -> None:
+        """Thaw a paused cell."""
+
+    async def snapshot(self, cell_id: str, target: Path) -> tuple[int, str]:
+        """Archive a frozen cell's disk to ``target``: (size in bytes, SHA-256)."""
 
     async def destroy(self, cell_id: str) -> None:
         """Stop every process of the cell and free its resources. Idempotent."""

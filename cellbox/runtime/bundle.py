@@ -49,6 +49,9 @@ ETC_BINDS = ["/etc/alternatives", "/etc/ssl", "/etc/ca-certificates"]
 
 CELL_DIRS = {"/data": "data", "/home/user": "home", "/tmp": "tmp"}
 AGENT_SUPPORT_MOUNT = "/opt/cellbox"
+# A template's read-only layer; /opt/build is where a template build binds its inputs.
+TEMPLATE_MOUNT = "/opt/template"
+TEMPLATE_BUILD_MOUNT = "/opt/build"
 AGENT_LISTEN_FD = 3
 
 CELL_PATH = "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -76,7 +79,8 @@ def _bind(destination: str, source: str, *, readonly: bool = True, extra: tuple[
 def prepare_root_skeleton(root: Path) -> None:
     """The shared, read-only root: only mount points and merged-/usr symlinks."""
     root.mkdir(parents=True, exist_ok=True)
-    for directory in ["proc", "sys", "dev", "etc", "usr", "data", "home/user", "tmp", "run", "opt/cellbox", "var/tmp"]:
+    for directory in ["proc", "sys", "dev", "etc", "usr", "data", "home/user", "tmp", "run", "opt/cellbox", "var/tmp",
+                      TEMPLATE_MOUNT.lstrip("/"), TEMPLATE_BUILD_MOUNT.lstrip("/")]:
         (root / directory).mkdir(parents=True, exist_ok=True)
     for system_dir in SYSTEM_DIRS[1:]:
         host = Path(system_dir)
@@ -93,16 +97,23 @@ def prepare_root_skeleton(root: Path) -> None:
             path.chmod(0o755)
 
 
+def user_db(user: str = "user") -> dict[str, str]:
+    """/etc/passwd and /etc/group naming the cell user (uid 1000) ``user``."""
+    return {
+        "passwd": (
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"{user}:x:{CELL_UID}:{CELL_GID}:cell user:/home/user:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        "group": f"root:x:0:\ntty:x:5:\n{user}:x:{CELL_GID}:\nnogroup:x:65534:\n",
+    }
+
+
 def write_etc(etc: Path, hostname: str) -> None:
     """The cell's /etc: its own users and names, nothing from the host that is secret."""
     etc.mkdir(parents=True, exist_ok=True)
     files = {
-        "passwd": (
-            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-            f"user:x:{CELL_UID}:{CELL_GID}:cell user:/home/user:/bin/bash\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-        ),
-        "group": f"root:x:0:\ntty:x:5:\nuser:x:{CELL_GID}:\nnogroup:x:65534:\n",
+        **user_db(),
         "hostname": f"{hostname}\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
         # No network yet: an empty resolver fails lookups fast instead of timing out.
@@ -142,8 +153,16 @@ def build_config(
 ) -> dict[str, Any]:
     limits = spec.limits
     env = base_env()
+    if spec.user:
+        env["USER"] = env["LOGNAME"] = spec.user
+    if spec.layer is not None:
+        env["PATH"] = f"{TEMPLATE_MOUNT}/python/bin:{TEMPLATE_MOUNT}/node_modules/.bin:{CELL_PATH}"
+        env["PYTHONPATH"] = f"{TEMPLATE_MOUNT}/python"
+        env["NODE_PATH"] = f"{TEMPLATE_MOUNT}/node_modules"
     env.update(spec.envs)
     env["CELLBOX_AGENT_LISTEN_FD"] = str(AGENT_LISTEN_FD)
+    if spec.workdir:
+        env["CELLBOX_AGENT_WORKDIR"] = spec.workdir
     memory = limits.memory_mb * 1024 * 1024
     # A cell cannot raise a limit above the host's own hard limit.
     nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -165,10 +184,14 @@ def build_config(
         if host.is_dir() and not host.is_symlink():
             mounts.append(_bind(system_dir, system_dir))
     mounts.append(_bind("/etc", str(etc)))
+    if spec.user_db is not None:
+        mounts += [_bind(f"/etc/{name}", str(spec.user_db / name)) for name in ("passwd", "group")]
     for bind in ETC_BINDS:
         if Path(bind).is_dir():
             mounts.append(_bind(bind, bind))
     mounts.append(_bind(AGENT_SUPPORT_MOUNT, str(support)))
+    if spec.layer is not None:
+        mounts.append(_bind(TEMPLATE_MOUNT, str(spec.layer)))
     for destination, subdir in CELL_DIRS.items():
         mounts.append(_bind(destination, str(disk_mount / subdir), readonly=False))
 

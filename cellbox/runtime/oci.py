@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 
 from . import CellRuntimeError, CellSpec
-from . import bundle, disk
+from . import archive, bundle, disk
 from .seccomp import default_oci_seccomp
 
 log = logging.getLogger("cellbox.runtime")
@@ -116,19 +116,24 @@ class OciRuntime:
 
     # -- life cycle -------------------------------------------------------------
 
-    async def start(self, spec: CellSpec) -> None:
+    async def start(self, spec: CellSpec, restore_from: Path | None = None) -> None:
+        """Start a cell; with ``restore_from``, its disk is that (verified) snapshot archive."""
         assert self.support is not None, "prepare() must run before start()"
         cell_dir = self.cell_dir(spec.cell_id)
+        if cell_dir.exists():
+            await self.destroy(spec.cell_id)
         cell_dir.mkdir(parents=True)
         try:
-            await self._start(spec, cell_dir)
+            await self._start(spec, cell_dir, restore_from)
         except BaseException:
             await self.destroy(spec.cell_id)
             raise
 
-    async def _start(self, spec: CellSpec, cell_dir: Path) -> None:
+    async def _start(self, spec: CellSpec, cell_dir: Path, restore_from: Path | None) -> None:
         owner = bundle.HOST_ID_BASE + bundle.CELL_UID if self.user_namespace else bundle.CELL_UID
         await disk.create(cell_dir / "disk.img", cell_dir / "disk", spec.limits.disk_mb, owner)
+        if restore_from is not None:
+            await archive.extract(restore_from, cell_dir / "disk")
         bundle.write_etc(cell_dir / "etc", spec.cell_id)
         config = bundle.build_config(
             spec,
@@ -184,6 +189,19 @@ class OciRuntime:
         if cell_dir.exists():
             await asyncio.to_thread(shutil.rmtree, cell_dir, True)
 
+    async def pause(self, cell_id: str) -> None:
+        """Freeze every process of the cell (cgroup freezer)."""
+        await run(*self._runtime("pause", cell_id))
+
+    async def resume(self, cell_id: str) -> None:
+        await run(*self._runtime("resume", cell_id))
+
+    async def snapshot(self, cell_id: str, target: Path) -> tuple[int, str]:
+        """Archive the cell's disk; the caller has frozen the cell so the disk is at rest."""
+        mount = self.cell_dir(cell_id) / "disk"
+        await run("sync", "-f", str(mount))
+        return await archive.create(mount, target)
+
     async def status(self, cell_id: str) -> str | None:
         code, out = await run(*self._runtime("state", cell_id), check=False)
         if code != 0:
@@ -209,16 +227,23 @@ def tail(path: Path, size: int = 4000) -> str:
 
 
 def publish_agent(support_root: Path) -> Path:
-    """Copy the agent and h11 into a content-addressed, read-only support directory.
+    """Copy the agent, h11 and dill into a content-addressed, read-only support directory.
 
-    Running cells keep the copy they started with; a new version of the agent gets
-    a new directory instead of changing files under live agents.
+    ``lib/`` is the agent's import path; ``vendor/`` holds what user-side code of
+    ours borrows (dill, to save a namespace), so user code never sees the agent's
+    modules. Running cells keep the copy they started with; a new version gets a
+    new directory instead of changing files under live agents.
     """
+    import dill
     import h11
 
     from .. import agent
 
-    sources = {"cellbox_agent": Path(agent.__file__).parent, "h11": Path(h11.__file__).parent}
+    sources = {
+        "lib/cellbox_agent": Path(agent.__file__).parent,
+        "lib/h11": Path(h11.__file__).parent,
+        "vendor/dill": Path(dill.__file__).parent,
+    }
     digest = hashlib.sha256(platform.python_version().encode())
     for name, src in sorted(sources.items()):
         for path in sorted(src.rglob("*")):
@@ -229,7 +254,7 @@ def publish_agent(support_root: Path) -> Path:
         staging = support_root / f".staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         for name, src in sources.items():
-            shutil.copytree(src, staging / "lib" / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, staging / name, ignore=shutil.ignore_patterns("__pycache__"))
         # Compiled here because the cells mount this read-only.
         compileall.compile_dir(str(staging), quiet=2)
         for path in [staging, *staging.rglob("*")]:

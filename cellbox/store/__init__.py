@@ -15,12 +15,12 @@ from typing import Any, Iterable
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from .models import ApiKey, Cell, Event
+from .models import ApiKey, Cell, Event, Receipt, Snapshot, TenantUsage
 
-__all__ = ["Store", "ApiKey", "Cell", "Event", "hash_key", "new_key"]
+__all__ = ["Store", "ApiKey", "Cell", "Event", "Snapshot", "hash_key", "new_key"]
 
 KEY_PREFIX = "cell_sk_live_"
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -145,13 +145,18 @@ class Store:
             return list(await s.scalars(query))
 
     async def purge_cells(self, ended_before: float) -> list[str]:
-        """Forget killed cells (and their events) whose retention has passed."""
+        """Forget killed cells (their events, receipts and snapshot records) past retention.
+
+        The caller removes the snapshot archives of the returned cells.
+        """
         async with self.session.begin() as s:
             ids = list(
                 await s.scalars(select(Cell.id).where(Cell.state == "killed", Cell.ended_at < ended_before))
             )
             if ids:
                 await s.execute(delete(Event).where(Event.cell_id.in_(ids)))
+                await s.execute(delete(Receipt).where(Receipt.cell_id.in_(ids)))
+                await s.execute(delete(Snapshot).where(Snapshot.cell_id.in_(ids)))
                 await s.execute(delete(Cell).where(Cell.id.in_(ids)))
             return ids
 
@@ -169,6 +174,330 @@ class Store:
         async with self.session() as s:
             query = select(Event).where(Event.cell_id == cell_id).order_by(Event.id.desc()).limit(limit)
             return list(await s.scalars(query))
+
+    # -- snapshots -------------------------------------------------------------------
+
+    async def add_snapshot(self, snapshot: Snapshot) -> None:
+        async with self.session.begin() as s:
+            s.add(snapshot)
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        async with self.session() as s:
+            return await s.get(Snapshot, snapshot_id)
+
+    async def list_snapshots(self, cell_id: str) -> list[Snapshot]:
+        async with self.session() as s:
+            query = select(Snapshot).where(Snapshot.cell_id == cell_id).order_by(Snapshot.created_at)
+            return list(await s.scalars(query))
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        async with self.session.begin() as s:
+            await s.execute(delete(Snapshot).where(Snapshot.id == snapshot_id))
+
+    # -- usage and counts ---------------------------------------------------------------
+
+    async def add_usage(self, tenant_id: str, deltas: dict[str, float], peaks: dict[str, float]) -> None:
+        async with self.session.begin() as s:
+            names = set(deltas) | set(peaks)
+            rows = {
+                row.name: row
+                for row in await s.scalars(
+                    select(TenantUsage).where(TenantUsage.tenant_id == tenant_id, TenantUsage.name.in_(names))
+                )
+            }
+            for name in names:
+                row = rows.get(name)
+                if row is None:
+                    row = TenantUsage(tenant_id=tenant_id, name=name, value=0.0)
+                    s.add(row)
+                if name in peaks:
+                    row.value = max(row.value, peaks[name])
+                else:
+                    row.value += deltas[name]
+
+    async def usage(self, tenant_id: str) -> dict[str, float]:
+        async with self.session() as s:
+            rows = await s.execute(select(TenantUsage.name, TenantUsage.value).where(TenantUsage.tenant_id == tenant_id))
+            return {name: value for name, value in rows}
+
+    async def count_cells(self, tenant_id: str | None = None, *, created_after: float | None = None,
+                          ended_after: float | None = None) -> int:
+        query = select(func.count()).select_from(Cell)
+        if tenant_id is not None:
+            query = query.where(Cell.tenant_id == tenant_id)
+        if created_after is not None:
+            query = query.where(Cell.created_at >= created_after)
+        if ended_after is not None:
+            query = query.where(Cell.state == "killed", Cell.ended_at >= ended_after)
+        async with self.session() as s:
+            return int(await s.scalar(query) or 0)
+
+    async def snapshot_bytes(self, tenant_id: str | None = None) -> int:
+        query = select(func.coalesce(func.sum(Snapshot.size_bytes), 0))
+        if tenant_id is not None:
+            query = query.where(Snapshot.tenant_id == tenant_id)
+        async with self.session() as s:
+            return int(await s.scalar(query) or 0)
+
+    # -- receipts --------------------------------------------------------------------
+
+    async def add_receipts(self, receipts: list[dict[str, Any]]) -> None:
+        rows = [
+            {
+                "execution_id": r["execution_id"], "tenant_id": r["tenant_id"], "cell_id": r["cell_id"],
+                "sequence": r["sequence"], "receipt": {k: v for k, v in r.items() if k != "tenant_id"},
+            }
+            for r in receipts
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(Receipt), rows)
+
+    async def last_receipt(self, cell_id: str) -> dict[str, Any] | None:
+        async with self.session() as s:
+            query = select(Receipt.receipt).where(Receipt.cell_id == cell_id).order_by(Receipt.sequence.desc()).limit(1)
+            return await s.scalar(query)
+
+    async def list_receipts(self, cell_id: str, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
+        async with self.session() as s:
+            query = (
+                select(Receipt.receipt).where(Receipt.cell_id == cell_id, Receipt.sequence > after)
+                .order_by(Receipt.sequence).limit(limit)
+            )
+            return list(await s.scalars(query))
+
+
+    # -- webhooks and event queries ---------------------------------------------------
+    # The webhook models are imported inside each method: this section is appended to
+    # the class and leaves the module's imports as they are.
+
+    async def record_event(self, event: Event, payload: str) -> int:
+        """Store an event and, in the same transaction, a delivery for each webhook that wants it.
+
+        Answers how many deliveries were queued.
+        """
+        from .webhook_models import Webhook, WebhookDelivery
+
+        queued = 0
+        async with self.session.begin() as s:
+            s.add(event)
+            for hook in await s.scalars(select(Webhook).where(Webhook.tenant_id == event.tenant_id)):
+                if not hook.wants(event.type):
+                    continue
+                s.add(WebhookDelivery(
+                    id=f"msg_{time.time_ns():020d}{secrets.token_hex(4)}", webhook_id=hook.id,
+                    tenant_id=event.tenant_id, event_id=event.id, event_type=event.type, payload=payload,
+                    state="pending", attempts=0, attempt_log=[], created_at=event.timestamp,
+                    next_attempt_at=event.timestamp,
+                ))
+                queued += 1
+        return queued
+
+    async def list_events(
+        self,
+        tenant_id: str,
+        *,
+        cell_id: str | None = None,
+        types: list[str] | None = None,
+        since: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        """Newest first. With ``since``: the ``limit`` events right after it, so a cursor never skips."""
+        from sqlalchemy import or_
+
+        query = select(Event).where(Event.tenant_id == tenant_id)
+        if cell_id is not None:
+            query = query.where(Event.cell_id == cell_id)
+        if types and "*" not in types:
+            query = query.where(or_(*(
+                Event.type.startswith(t[:-1], autoescape=True) if t.endswith(".*") else Event.type == t
+                for t in types
+            )))
+        if before is not None:
+            query = query.where(Event.id < before)
+        async with self.session() as s:
+            if since is not None:
+                rows = list(await s.scalars(query.where(Event.id > since).order_by(Event.id).limit(limit)))
+                return rows[::-1]
+            return list(await s.scalars(query.order_by(Event.id.desc()).limit(limit)))
+
+    async def add_webhook(self, hook: Any) -> None:
+        async with self.session.begin() as s:
+            s.add(hook)
+
+    async def get_webhook(self, webhook_id: str, tenant_id: str | None = None) -> Any:
+        """The webhook; with ``tenant_id``, only if it is that tenant's."""
+        from .webhook_models import Webhook
+
+        async with self.session() as s:
+            hook = await s.get(Webhook, webhook_id)
+        if hook is None or (tenant_id is not None and hook.tenant_id != tenant_id):
+            return None
+        return hook
+
+    async def list_webhooks(self, tenant_id: str) -> list[Any]:
+        from .webhook_models import Webhook
+
+        async with self.session() as s:
+            query = select(Webhook).where(Webhook.tenant_id == tenant_id).order_by(Webhook.created_at, Webhook.id)
+            return list(await s.scalars(query))
+
+    async def delete_webhook(self, tenant_id: str, webhook_id: str) -> bool:
+        """Delete a webhook with its deliveries, so nothing more is sent to it."""
+        from .webhook_models import Webhook, WebhookDelivery
+
+        async with self.session.begin() as s:
+            hook = await s.get(Webhook, webhook_id)
+            if hook is None or hook.tenant_id != tenant_id:
+                return False
+            await s.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id))
+            await s.delete(hook)
+            return True
+
+    async def list_deliveries(self, webhook_id: str, limit: int = 100, state: str | None = None) -> list[Any]:
+        from .webhook_models import WebhookDelivery
+
+        query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+        if state is not None:
+            query = query.where(WebhookDelivery.state == state)
+        async with self.session() as s:
+            return list(await s.scalars(query.order_by(WebhookDelivery.id.desc()).limit(limit)))
+
+    async def due_webhooks(self, now: float) -> list[str]:
+        """Webhooks with at least one delivery due."""
+        from .webhook_models import WebhookDelivery as D
+
+        query = select(D.webhook_id).where(D.state == "pending", D.next_attempt_at <= now).distinct()
+        async with self.session() as s:
+            return list(await s.scalars(query))
+
+    async def due_deliveries(self, webhook_id: str, now: float, exclude: Iterable[str], limit: int) -> list[Any]:
+        from .webhook_models import WebhookDelivery as D
+
+        query = select(D).where(D.webhook_id == webhook_id, D.state == "pending", D.next_attempt_at <= now)
+        excluded = list(exclude)
+        if excluded:
+            query = query.where(D.id.not_in(excluded))
+        async with self.session() as s:
+            return list(await s.scalars(query.order_by(D.next_attempt_at, D.id).limit(limit)))
+
+    async def next_delivery_due(self, exclude: Iterable[str]) -> float | None:
+        from sqlalchemy import func
+
+        from .webhook_models import WebhookDelivery as D
+
+        query = select(func.min(D.next_attempt_at)).where(D.state == "pending")
+        excluded = list(exclude)
+        if excluded:
+            query = query.where(D.id.not_in(excluded))
+        async with self.session() as s:
+            return await s.scalar(query)
+
+    async def record_attempt(
+        self, delivery_id: str, attempt: dict, state: str, next_attempt_at: float | None
+    ) -> None:
+        """Log one attempt; a delivery deleted meanwhile (its webhook was) is left alone."""
+        from .webhook_models import WebhookDelivery
+
+        async with self.session.begin() as s:
+            delivery = await s.get(WebhookDelivery, delivery_id)
+            if delivery is None:
+                return
+            delivery.attempts += 1
+            delivery.attempt_log = [*delivery.attempt_log, attempt]
+            delivery.state = state
+            delivery.next_attempt_at = next_attempt_at
+            if state != "pending":
+                delivery.finished_at = attempt["at"]
+
+    async def purge_deliveries(self, finished_before: float) -> int:
+        from .webhook_models import WebhookDelivery as D
+
+        async with self.session.begin() as s:
+            result = await s.execute(
+                delete(D).where(D.state.in_(["delivered", "failed"]), D.finished_at < finished_before)
+            )
+            return result.rowcount or 0
+
+    # -- templates ----------------------------------------------------------------------
+    # As with webhooks, the template models are imported inside each method.
+
+    async def add_template(self, template: Any) -> None:
+        async with self.session.begin() as s:
+            s.add(template)
+
+    async def get_template(self, tenant_id: str, name: str) -> Any:
+        from .template_models import Template
+
+        async with self.session() as s:
+            return await s.scalar(select(Template).where(Template.tenant_id == tenant_id, Template.name == name))
+
+    async def get_template_by_id(self, template_id: str) -> Any:
+        from .template_models import Template
+
+        async with self.session() as s:
+            return await s.get(Template, template_id)
+
+    async def list_templates(self, tenant_id: str | None = None, status: str | None = None) -> list[Any]:
+        from .template_models import Template
+
+        query = select(Template)
+        if tenant_id is not None:
+            query = query.where(Template.tenant_id == tenant_id)
+        if status is not None:
+            query = query.where(Template.status == status)
+        async with self.session() as s:
+            return list(await s.scalars(query.order_by(Template.created_at, Template.id)))
+
+    async def update_template(self, template_id: str, **fields: Any) -> None:
+        from .template_models import Template
+
+        async with self.session.begin() as s:
+            await s.execute(update(Template).where(Template.id == template_id).values(**fields))
+
+    async def delete_template(self, template_id: str) -> None:
+        from .template_models import Template
+
+        async with self.session.begin() as s:
+            await s.execute(delete(Template).where(Template.id == template_id))
+
+    async def add_template_cell(self, cell_id: str, template_id: str, version: int, options: dict) -> None:
+        from .template_models import TemplateCell
+
+        async with self.session.begin() as s:
+            s.add(TemplateCell(
+                cell_id=cell_id, template_id=template_id, version=version, options=options, created_at=time.time()
+            ))
+
+    async def template_cell(self, cell_id: str) -> Any:
+        from .template_models import TemplateCell
+
+        async with self.session() as s:
+            return await s.get(TemplateCell, cell_id)
+
+    async def template_builds_in_use(self, unknown_grace_s: float) -> dict[tuple[str, int], list[str]]:
+        """Builds mounted by cells not yet killed, with those cells' ids.
+
+        A use whose cell has no record yet is a cell being created; once older than
+        ``unknown_grace_s`` it is the leftover of a purged cell, and is forgotten.
+        """
+        from .template_models import TemplateCell
+
+        in_use: dict[tuple[str, int], list[str]] = {}
+        now = time.time()
+        async with self.session.begin() as s:
+            rows = (await s.execute(
+                select(TemplateCell, Cell.state).join(Cell, Cell.id == TemplateCell.cell_id, isouter=True)
+            )).all()
+            stale = []
+            for use, state in rows:
+                if state is None and use.created_at < now - unknown_grace_s:
+                    stale.append(use.cell_id)
+                elif state != "killed":
+                    in_use.setdefault((use.template_id, use.version), []).append(use.cell_id)
+            if stale:
+                await s.execute(delete(TemplateCell).where(TemplateCell.cell_id.in_(stale)))
+        return in_use
 
 
 def encode_cursor(created_at: float, cell_id: str) -> str:

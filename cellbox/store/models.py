@@ -46,6 +46,10 @@ class Cell(Base):
     runtime: Mapped[str] = mapped_column(String(32), default="runc")
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    paused_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Paused long enough that its container was stopped: only its snapshot is left.
+    evicted: Mapped[bool] = mapped_column(Boolean, default=False)
+    source_snapshot_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     __table_args__ = (Index("ix_cells_tenant_created", "tenant_id", "created_at", "id"),)
 
@@ -61,3 +65,46 @@ class Event(Base):
     data: Mapped[dict] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_events_tenant_id", "tenant_id", "id"),)
+
+
+class Snapshot(Base):
+    """A verified archive of a cell's writable disk (data, home, tmp)."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    cell_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(16))  # pause | manual | eviction
+    namespace_saved: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TenantUsage(Base):
+    """One usage counter of one tenant (cells created, executions, CPU seconds...)."""
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Receipt(Base):
+    """A signed execution receipt; ``sequence`` orders a cell's chain."""
+
+    __tablename__ = "receipts"
+
+    execution_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    cell_id: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(Integer)
+    receipt: Mapped[dict] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_receipts_cell_sequence", "cell_id", "sequence", unique=True),)
+
+
+from . import webhook_models  # noqa: E402,F401  (registers the webhook tables on Base)
+from . import template_models  # noqa: E402,F401  (registers the template tables on Base)
