@@ -124,7 +124,7 @@ async def list_cells(
 
 @router.get("/{cell_id}", response_model=CellInfo)
 async def get_cell(request: Request, cell_id: str, tenant_id: str = Depends(tenant)) -> CellInfo:
-    return cell_info(await manager(request).get(tenant_id, cell_id))
+    return cell_info(await manager(request).get(tenant_id, cell_id, activity=True))
 
 
 @router.delete("/{cell_id}", response_model=CellInfo)
@@ -146,7 +146,7 @@ async def refresh(request: Request, cell_id: str, tenant_id: str = Depends(tenan
 
 @router.get("/{cell_id}/is_running", response_model=RunningResponse)
 async def is_running(request: Request, cell_id: str, tenant_id: str = Depends(tenant)) -> RunningResponse:
-    cell = await manager(request).get(tenant_id, cell_id)
+    cell = await manager(request).get(tenant_id, cell_id, activity=True)
     return RunningResponse(running=cell.state == CellState.RUNNING.value)
 
 
@@ -160,7 +160,7 @@ async def patch_metadata(
 
 @router.get("/{cell_id}/envs", response_model=dict[str, str])
 async def get_envs(request: Request, cell_id: str, tenant_id: str = Depends(tenant)) -> dict[str, str]:
-    return (await manager(request).get(tenant_id, cell_id)).envs
+    return (await manager(request).get(tenant_id, cell_id, activity=True)).envs
 
 
 @router.patch("/{cell_id}/envs", response_model=dict[str, str])

@@ -164,9 +164,12 @@ class CellManager:
 
     # -- reading -------------------------------------------------------------------
 
-    async def get(self, tenant_id: str, cell_id: str) -> Cell:
+    async def get(self, tenant_id: str, cell_id: str, activity: bool = False) -> Cell:
+        """A cell of this tenant (killed ones within retention); ``activity`` counts the call."""
         live = self.live.get(cell_id)
         record = live.record if live is not None else await self.store.get_cell(cell_id)
+        if activity and live is not None and record.tenant_id == tenant_id:
+            self.touch(live)
         if record is None or record.tenant_id != tenant_id:
             raise ApiError(
                 404,
