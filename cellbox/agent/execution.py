@@ -33,6 +33,7 @@ from .kernels import (
     DEFAULT_RESULTS_CAP,
     DEFAULT_TIMEOUT_S,
     ENV_NAME,
+    end_event,
     LANGUAGE_ALIASES,
     interpreter,
     manager,
@@ -160,18 +161,10 @@ def execute(request: Request) -> Response:
                 )
             except Exception as exc:  # a bug here must still end the stream and free the kernel
                 traceback.print_exc()
-                end = {
-                    "type": "end",
-                    "exit_code": 1,
-                    "error": {"name": "AgentError", "value": f"{type(exc).__name__}: {exc}", "traceback": ""},
-                    "results": [],
-                    "execution_count": 0,
-                    "timed_out": False,
-                    "state_lost": False,
-                    "kernel_restarted": False,
-                    "truncated": {"stdout": 0, "stderr": 0, "results": 0},
-                    "duration_ms": 0.0,
-                }
+                end = end_event(
+                    exit_code=1,
+                    error={"name": "AgentError", "value": f"{type(exc).__name__}: {exc}", "traceback": ""},
+                )
             # Free the kernel before the client sees ``end``, so a next request needs no wait.
             slot.lock.release()
             released = True

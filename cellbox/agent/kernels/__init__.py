@@ -69,6 +69,24 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Emit = Callable[[dict], None]
 
 
+
+def end_event(**fields: Any) -> dict[str, Any]:
+    """The last event of an execution, with every field the host reads."""
+    end: dict[str, Any] = {
+        "type": "end",
+        "exit_code": 0,
+        "error": None,
+        "results": [],
+        "execution_count": 0,
+        "timed_out": False,
+        "state_lost": False,
+        "kernel_restarted": False,
+        "truncated": {"stdout": 0, "stderr": 0, "results": 0},
+        "duration_ms": 0.0,
+    }
+    end.update(fields)
+    return end
+
 class KernelStartError(Exception):
     pass
 
@@ -630,18 +648,7 @@ class Slot:
         notes: list[str] = []
         state_lost = False
         kernel_restarted = False
-        end: dict[str, Any] = {
-            "type": "end",
-            "exit_code": 0,
-            "error": None,
-            "results": [],
-            "execution_count": 0,
-            "timed_out": False,
-            "state_lost": False,
-            "kernel_restarted": False,
-            "truncated": {"stdout": 0, "stderr": 0, "results": 0},
-            "duration_ms": 0.0,
-        }
+        end = end_event()
 
         def note(text: str) -> None:
             emit({"type": "stderr", "text": f"[cellbox: {text}]\n"})
