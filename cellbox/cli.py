@@ -78,17 +78,26 @@ def serve(config: Config, log_level: str = "info") -> None:
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    server = uvicorn.Server(
+    app = create_app(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # Live event streams never end on their own; end them so a stop is prompt.
+            events = getattr(app.state, "events", None)
+            if events is not None:
+                asyncio.get_event_loop().call_soon_threadsafe(events.bus.close)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             host=config.host,
             port=config.port,
             log_level=log_level,
             timeout_graceful_shutdown=5,
             access_log=False,
         )
-    )
-    server.run()
+    ).run()
 
 
 def main(argv: list[str] | None = None) -> int:
