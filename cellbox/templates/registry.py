@@ -109,6 +109,9 @@ class TemplateRegistry:
         self._builds: dict[str, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(max(1, config.template_builds_at_once))
         self._locks: dict[str, asyncio.Lock] = {}
+        # Staging a build and collecting unused ones exclude each other: a collection
+        # that read the table before a new build was recorded must not see its directory.
+        self._layout = asyncio.Lock()
         self._gc_task: asyncio.Task | None = None
 
     # -- start and stop --------------------------------------------------------------
@@ -212,17 +215,18 @@ class TemplateRegistry:
             return await self.get(tenant_id, name)
         template_id = existing.id if existing is not None else f"tpl_{secrets.token_hex(8)}"
         version = existing.version + 1 if existing is not None else 1
-        await asyncio.to_thread(self._stage, template_id, version, existing, new_files)
-        if existing is None:
-            await self.store.add_template(Template(
-                id=template_id, tenant_id=tenant_id, name=name, runtime=spec["runtime"], spec=spec, version=version,
-                status=BUILDING, error=None, created_at=now, updated_at=now, built_at=None,
-            ))
-        else:
-            await self.store.update_template(
-                template_id, runtime=spec["runtime"], spec=spec, version=version, status=BUILDING, error=None,
-                updated_at=now, built_at=None,
-            )
+        async with self._layout:
+            await asyncio.to_thread(self._stage, template_id, version, existing, new_files)
+            if existing is None:
+                await self.store.add_template(Template(
+                    id=template_id, tenant_id=tenant_id, name=name, runtime=spec["runtime"], spec=spec,
+                    version=version, status=BUILDING, error=None, created_at=now, updated_at=now, built_at=None,
+                ))
+            else:
+                await self.store.update_template(
+                    template_id, runtime=spec["runtime"], spec=spec, version=version, status=BUILDING, error=None,
+                    updated_at=now, built_at=None,
+                )
         template = await self.get(tenant_id, name)
         self._spawn_build(template)
         return template
@@ -336,6 +340,10 @@ class TemplateRegistry:
 
     async def collect_garbage(self) -> None:
         """Remove builds that are neither current nor mounted by a cell that is not killed."""
+        async with self._layout:
+            await self._collect_garbage()
+
+    async def _collect_garbage(self) -> None:
         in_use = await self.store.template_builds_in_use(_UNKNOWN_CELL_GRACE_S)
         current = {t.id: t.version for t in await self.store.list_templates()}
         for template_dir in self.root.glob("tpl_*"):
@@ -387,7 +395,8 @@ class TemplateRegistry:
     async def record_use(self, launch: Launch, cell_id: str) -> None:
         """Before the cell starts: its build is kept while the cell is not killed."""
         options = {k: str(v) if isinstance(v, Path) else v for k, v in launch.container_options().items()}
-        await self.store.add_template_cell(cell_id, launch.template_id, launch.version, options)
+        async with self._layout:
+            await self.store.add_template_cell(cell_id, launch.template_id, launch.version, options)
 
     async def container_options(self, cell_id: str) -> dict[str, Any]:
         """The CellSpec fields a cell's container needs when it is started again (a restore)."""

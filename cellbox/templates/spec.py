@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ..errors import bad_request
 
@@ -85,11 +85,6 @@ class TemplateFields(BaseModel):
 
 class TemplateRequest(TemplateFields):
     name: StrictStr = Field(pattern=NAME_PATTERN)
-
-    @field_validator("runtime")
-    @classmethod
-    def _default_runtime(cls, value: str | None) -> str:
-        return value or "python3"
 
 
 @dataclass(frozen=True)
