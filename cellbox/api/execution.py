@@ -24,7 +24,7 @@ async def _start(request: Request, cell_id: str, body: ExecRequest, tenant_id: s
     if timeout > config.max_exec_timeout_s:
         raise bad_request(f"timeout {timeout:g} s is above this server's maximum of {config.max_exec_timeout_s:g} s")
     live = await cells.running(tenant_id, cell_id)
-    language = resolve_language(body.language, live.record.template)
+    language = resolve_language(body.language, await cells.runtime_of(live))
     return Execution(
         cells, request.app.state.notary, live,
         code=body.code, language=language, timeout=timeout,

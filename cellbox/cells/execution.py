@@ -30,9 +30,10 @@ PARTIAL_LINE_FLUSH_S = 0.05
 SSE_HEARTBEAT_S = 15.0
 
 
-def resolve_language(requested: str | None, template: str) -> str:
+def resolve_language(requested: str | None, runtime: str) -> str:
+    """The kernel for an execution: the one asked for, else the template runtime's."""
     if requested is None:
-        return TEMPLATE_LANGUAGES.get(template, "python")
+        return TEMPLATE_LANGUAGES.get(runtime, "python")
     language = LANGUAGES.get(requested.lower())
     if language is None:
         raise bad_request(f"unknown language {requested!r}; use one of {', '.join(LANGUAGES)}")

@@ -54,6 +54,7 @@ class LiveCell:
     inflight: int = 0
     pausing: bool = False
     dirty: bool = False
+    template_runtime: str | None = None
 
 
 class CellManager:
@@ -536,7 +537,7 @@ class CellManager:
         path = snapshots.archive_path(self.config.data_dir, record.id, snapshot.id)
         try:
             await archive.verify(path, snapshot.digest)
-            await self.runtime.start(self._spec(record), restore_from=path)
+            await self.runtime.start(await self._spec(record), restore_from=path)
         except CellRuntimeError as exc:
             raise ApiError(500, f"the cell could not be restored from {snapshot.id}: {exc}; it stays paused", "restore_failed") from exc
         await live.agent.close()
@@ -591,8 +592,23 @@ class CellManager:
         await self.store.delete_snapshot(snapshot_id)
         snapshots.archive_path(self.config.data_dir, cell_id, snapshot_id).unlink(missing_ok=True)
 
-    def _spec(self, record: Cell) -> CellSpec:
-        return CellSpec(record.id, Limits(**record.limits), dict(record.envs))
+    async def _spec(self, record: Cell) -> CellSpec:
+        """What a restored cell is started with: its limits, envs and its template's build."""
+        options = await self.templates.container_options(record.id) if self.templates else {}
+        return CellSpec(record.id, Limits(**record.limits), dict(record.envs), **options)
+
+    async def runtime_of(self, live: LiveCell) -> str:
+        """The cell's template runtime (python3 or javascript), which picks its default language."""
+        if live.template_runtime is None:
+            name = live.record.template
+            runtime = name if name in BUILTIN_TEMPLATES else None
+            if runtime is None and self.templates is not None:
+                try:
+                    runtime = (await self.templates.get(live.record.tenant_id, name)).runtime
+                except ApiError:
+                    runtime = "python3"  # the template was deleted since; python is the default
+            live.template_runtime = runtime or "python3"
+        return live.template_runtime
 
     # -- metadata and envs ------------------------------------------------------------------
 

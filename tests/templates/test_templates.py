@@ -49,6 +49,8 @@ def template_server() -> Iterator[Server]:
     write_wheel(wheels, "cellboxdemo", "2.0", 'VALUE = "two"\n')
     server = Server(top / "data", "cell_sk_live_" + os.urandom(12).hex(), {
         "CELLBOX_TEMPLATE_PIP_ARGS": f"--no-index --find-links {wheels}",
+        # Paused cells are let go quickly, to test restores of template cells.
+        "CELLBOX_EVICT_AFTER_S": "1",
     }).start()
     try:
         yield server
@@ -284,3 +286,30 @@ def test_a_build_cut_short_by_a_server_crash_runs_again_at_start(make_server, tm
     with second.client() as api:
         assert wait_built(api, "crashy")["status"] == "ready"
         assert "starting it again" in api.get("/v1/templates/crashy/logs").text
+
+
+def test_a_template_cell_restored_from_its_snapshot_keeps_its_packages(template_server, tapi: httpx.Client, demo: dict) -> None:
+    from tests.conftest import runc_state
+
+    cell_id = tapi.post("/v1/cells", json={"template": "demo"}).json()["cell_id"]
+    try:
+        tapi.post(f"/v1/cells/{cell_id}/pause")
+        deadline = time.monotonic() + 20
+        while runc_state(template_server, cell_id) is not None:
+            assert time.monotonic() < deadline, "the paused cell was not evicted"
+            time.sleep(0.2)
+        assert tapi.post(f"/v1/cells/{cell_id}/resume").json()["restored"]["files"] is True
+        assert sh(tapi, cell_id, "python3 -c 'import cellboxdemo; print(cellboxdemo.VALUE)'")["stdout"] == "one\n"
+    finally:
+        tapi.delete(f"/v1/cells/{cell_id}")
+
+
+def test_a_javascript_template_runs_javascript_by_default(tapi: httpx.Client) -> None:
+    register(tapi, {"name": "jsdefault", "runtime": "javascript"})
+    wait_built(tapi, "jsdefault")
+    cell_id = tapi.post("/v1/cells", json={"template": "jsdefault"}).json()["cell_id"]
+    try:
+        body = tapi.post(f"/v1/cells/{cell_id}/exec", json={"code": "[1, 2].map(x => x * 3)"}).json()
+        assert body["language"] == "javascript" and body["results"] == [{"text/plain": "[ 3, 6 ]"}]
+    finally:
+        tapi.delete(f"/v1/cells/{cell_id}")
