@@ -101,21 +101,16 @@ async def download(request: Request, cell_id: str, path: str = PathQuery, tenant
     """The file's bytes, streamed, with its length."""
     cells = manager(request)
     live = await cells.running(tenant_id, cell_id)
-    client = live.agent.client
-    agent_request = client.build_request("GET", "/files/raw", params={"path": path})
-    response = await client.send(agent_request, stream=True)
-    if response.status_code >= 400:
-        await response.aread()
-        await response.aclose()
-        live.agent._raise_for(response)
+    context = live.agent.stream("GET", "/files/raw", params={"path": path})
+    response = await context.__aenter__()
 
     async def body() -> AsyncIterator[bytes]:
         try:
             async with cells.activity(live, stream=True):
-                async for chunk in response.aiter_raw():
+                async for chunk in response.body:
                     yield chunk
         finally:
-            await response.aclose()
+            await context.__aexit__(None, None, None)
 
     name = posixpath.basename(path.rstrip("/")) or "download"
     headers = {"content-disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}"}
