@@ -15,12 +15,14 @@ router = APIRouter(tags=["system"])
 @router.get("/v1/health", response_model=HealthResponse)
 @router.get("/health", response_model=HealthResponse, include_in_schema=False)
 async def health(request: Request) -> HealthResponse:
+    """Whether the store and the runtime answer; ``degraded`` when one does not."""
     state = request.app.state
     store_ok = await state.store.ping()
+    runtime_ok = await state.runtime.ping()
     return HealthResponse(
-        status="ok" if store_ok else "degraded",
+        status="ok" if store_ok and runtime_ok else "degraded",
         version=__version__,
         uptime_s=round(time.monotonic() - state.started, 3),
-        runtime={"name": state.runtime.name, "cells": len(state.cells.live)},
+        runtime={"name": state.runtime.name, "ok": runtime_ok, "cells": len(state.cells.live)},
         store={"ok": store_ok},
     )

@@ -73,7 +73,10 @@ class Execution:
             async with self.manager.activity(self.live):
                 if not self.live.record.persistent:
                     await agent.request("DELETE", f"/kernels/{self.language}")
-                payload = {"code": self.code, "language": self.language, "timeout": self.timeout, "envs": self.envs}
+                payload = {
+                    "code": self.code, "language": self.language, "timeout": self.timeout, "envs": self.envs,
+                    "output_cap": self.manager.config.exec_output_cap,
+                }
                 async with agent.stream_lines("POST", "/exec", json=payload) as lines:
                     async for event in lines:
                         kind = event.get("type")

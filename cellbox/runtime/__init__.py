@@ -67,3 +67,6 @@ class Runtime(Protocol):
 
     async def check(self) -> None:
         """Raise if the runtime cannot run cells on this host."""
+
+    async def ping(self) -> bool:
+        """Whether the runtime answers now (for health checks)."""

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from . import CellRuntimeError, CellSpec
@@ -24,6 +25,7 @@ from .seccomp import default_oci_seccomp
 log = logging.getLogger("cellbox.runtime")
 
 _COMMAND_TIMEOUT_S = 30
+_PING_CACHE_S = 5.0
 
 
 async def run(*argv: str, timeout: float = _COMMAND_TIMEOUT_S, check: bool = True) -> tuple[int, str]:
@@ -66,6 +68,8 @@ class OciRuntime:
         self.seccomp_profile = seccomp_profile
         self.user_namespace = user_namespace
         self.support: Path | None = None
+        self._pinged_at = float("-inf")
+        self._ping_ok = False
 
     # -- set-up -------------------------------------------------------------
 
@@ -91,6 +95,18 @@ class OciRuntime:
                         f"ids cannot reach its files under {self.data_dir}; choose a data directory elsewhere "
                         f"or chmod o+x {directory}"
                     )
+
+    async def ping(self) -> bool:
+        """Does the runtime answer? Cached briefly: health checks may come often."""
+        now = time.monotonic()
+        if now - self._pinged_at > _PING_CACHE_S:
+            try:
+                code, _ = await run(*self._runtime("list", "--quiet"), timeout=5, check=False)
+                self._ping_ok = code == 0
+            except CellRuntimeError:
+                self._ping_ok = False
+            self._pinged_at = now
+        return self._ping_ok
 
     def prepare(self) -> None:
         """Create the shared root skeleton and publish the agent's code. Runs once at start."""

@@ -231,3 +231,8 @@ def test_openapi_document_and_docs_are_served(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/cells" in spec["paths"] and "/v1/cells/{cell_id}/cmd" in spec["paths"]
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_health_reports_the_runtime_and_store(server):
+    body = httpx.get(server.url + "/v1/health").json()
+    assert body["runtime"]["ok"] is True and body["store"]["ok"] is True

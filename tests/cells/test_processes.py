@@ -147,3 +147,11 @@ def test_terminal_refuses_a_missing_key(server, cell):
         pass  # refused during the handshake: also fine
     finally:
         ws.close()
+
+
+def test_git_works_in_a_cell(api, cell):
+    body = sh(api, cell["cell_id"], (
+        "git init -q repo && cd repo && git config user.email a@b.c && git config user.name cell"
+        " && echo hi > f && git add f && git commit -qm first && git log --oneline | wc -l"
+    ))
+    assert body["exit_code"] == 0 and body["stdout"].strip() == "1", body
