@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 log = logging.getLogger("cellbox.receipts")
 
 GENESIS = "0" * 64
+_BATCH_WINDOW_S = 0.1
 SIGNED_FIELDS = (
     "execution_id", "cell_id", "sequence", "code_hash", "result_hash", "template", "language",
     "timestamp", "prev_hash",
@@ -147,6 +148,9 @@ class Notary:
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._pending.get()]
+            # Gather for a moment: one insert per batch keeps the database off each
+            # execution's path. ``flush`` (used by readers) still waits for the write.
+            await asyncio.sleep(_BATCH_WINDOW_S)
             while not self._pending.empty() and len(batch) < 500:
                 batch.append(self._pending.get_nowait())
             try:

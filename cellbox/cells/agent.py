@@ -105,14 +105,17 @@ class AgentClient:
             fields.append(("transfer-encoding", "chunked"))
         else:
             fields.append(("content-length", "0"))
-        await conn.send(h11.Request(method=method, target=target, headers=fields))
-        if isinstance(content, (bytes, bytearray)):
-            if content:
-                await conn.send(h11.Data(data=bytes(content)))
-        elif content is not None:
-            async for chunk in content:
-                if chunk:
-                    await conn.send(h11.Data(data=chunk))
+        head = conn.h11.send(h11.Request(method=method, target=target, headers=fields)) or b""
+        if content is None or isinstance(content, (bytes, bytearray)):
+            # One write for the whole request: this is every execution's path.
+            body = conn.h11.send(h11.Data(data=bytes(content))) or b"" if content else b""
+            conn.writer.write(head + body + (conn.h11.send(h11.EndOfMessage()) or b""))
+            await conn.writer.drain()
+            return
+        conn.writer.write(head)
+        async for chunk in content:
+            if chunk:
+                await conn.send(h11.Data(data=chunk))
         await conn.send(h11.EndOfMessage())
 
     @contextlib.asynccontextmanager
