@@ -3,7 +3,7 @@
     .venv/bin/python bench/latency.py            # starts its own server in a temp dir
     .venv/bin/python bench/latency.py --url http://127.0.0.1:8001 --key cell_sk_live_...
 
-Prints p50/p99 of: cold cell create, `exec` of 1+1 in a warm cell over keep-alive,
+Prints p50/p99 of: cell create from the warm pool and cold, `exec` of 1+1 in a warm cell over keep-alive,
 a foreground `cmd`, and the delay between a `print` in the cell and its SSE event
 reaching the client (same host clock).
 """
@@ -54,12 +54,19 @@ def main() -> None:
     client = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {args.key}"}, timeout=60)
     cells = []
     try:
-        creates = []
+        warm, cold = [], []
         for _ in range(10):
+            time.sleep(1.5)  # let the warm pool refill
             start = time.perf_counter()
             cells.append(client.post("/v1/cells", json={}).json()["cell_id"])
-            creates.append((time.perf_counter() - start) * 1000)
-        print(f"create (cold)        {percentiles(creates)}")
+            warm.append((time.perf_counter() - start) * 1000)
+        print(f"create (warm pool)   {percentiles(warm)}")
+        for _ in range(10):
+            # Limits other than the defaults never come from the pool.
+            start = time.perf_counter()
+            cells.append(client.post("/v1/cells", json={"memory_mb": 500}).json()["cell_id"])
+            cold.append((time.perf_counter() - start) * 1000)
+        print(f"create (cold)        {percentiles(cold)}")
         cell = cells[0]
         client.post(f"/v1/cells/{cell}/exec", json={"code": "1+1"})  # start the kernel
         execs = [timed(lambda: client.post(f"/v1/cells/{cell}/exec", json={"code": "1+1"})) for _ in range(args.n)]

@@ -36,6 +36,8 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024
     command_timeout_s: float = 60
     exec_timeout_s: float = 300
+    # Cells kept started ahead of time (default limits, built-in templates); 0 turns it off.
+    pool_size: int = 2
     # stdout and stderr of an execution beyond this many bytes each are cut with a marker.
     exec_output_cap: int = 10 * 1024 * 1024
     # A paused cell's container is stopped after this long; only its snapshot is kept.
@@ -100,6 +102,7 @@ class Config:
             template_files_max_bytes=int(_env("TEMPLATE_FILES_MAX_BYTES", str(cls.template_files_max_bytes))),
             template_ready_timeout_s=float(_env("TEMPLATE_READY_TIMEOUT_S", str(cls.template_ready_timeout_s))),
             exec_timeout_s=float(_env("EXEC_TIMEOUT_S", str(cls.exec_timeout_s))),
+            pool_size=int(_env("POOL_SIZE", str(cls.pool_size))),
             exec_output_cap=int(_env("EXEC_OUTPUT_CAP", str(cls.exec_output_cap))),
             evict_after_s=float(_env("EVICT_AFTER_S", str(cls.evict_after_s))),
         )

@@ -213,7 +213,11 @@ def open_terminal(request: Request) -> Response:
     cols, rows = _size(request, "cols", 80), _size(request, "rows", 24)
     command = request.query.get("cmd")
     argv = ["/bin/bash", "-c", command] if command else ["/bin/bash", "-i"]
-    env = command_env({})
+    try:
+        extra = json.loads(request.query.get("envs") or "{}")
+    except ValueError:
+        raise HTTPError(400, "'envs' must be a JSON object of strings", "invalid_request")
+    env = command_env(extra)
     env["TERM"] = "xterm-256color"
     terminal = Terminal(argv, resolve_cwd(request.query.get("cwd")), env, cols, rows)
     # on_close runs even if the 101 never reached the client.

@@ -91,7 +91,7 @@ async def stats(request: Request, tenant_id: str = Depends(tenant)) -> StatsResp
         created_last_day=await store.count_cells(tenant_id, created_after=now - 86400),
         exec_latency_ms=window.percentiles() if window else {"p50": None, "p95": None, "p99": None, "count": 0},
         server_errors=state.prometheus.server_errors,
-        pool={"ready": 0, "target": 0},
+        pool={"ready": len(manager(request).pool.ready), "target": manager(request).pool.size},
         host=host_figures(),
     )
 

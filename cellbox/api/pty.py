@@ -91,7 +91,7 @@ async def terminal(
     cells = manager(websocket)  # type: ignore[arg-type]
     try:
         live = await cells.running(tenant_id, cell_id)
-        query = {"cols": cols, "rows": rows, **({"cmd": cmd} if cmd else {})}
+        query = {"cols": cols, "rows": rows, "envs": json.dumps(live.record.envs), **({"cmd": cmd} if cmd else {})}
         reader, writer = await _open_agent_pty(str(state.runtime.agent_socket(cell_id)), query)
     except ApiError as exc:
         await websocket.close(code=_POLICY, reason=exc.error[:120])

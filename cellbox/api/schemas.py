@@ -295,5 +295,5 @@ class StatsResponse(BaseModel):
     created_last_day: int
     exec_latency_ms: dict = Field(description="p50, p95, p99 over the last 15 minutes, and the count.")
     server_errors: int = Field(description="Answers with status >= 500 since the server started.")
-    pool: dict = Field(description="Warm cells ready / wanted (no warm pool yet).")
+    pool: dict = Field(description="Warm cells ready, and how many the pool keeps.")
     host: dict

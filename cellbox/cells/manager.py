@@ -26,6 +26,7 @@ from ..store import Cell, Snapshot, Store
 from ..templates import Launch, TemplateRegistry
 from . import snapshots
 from .agent import AgentClient
+from .pool import WarmPool, new_cell_id
 from .state import LIVE_STATES, CellState, check_transition
 from .timers import InactivityTimers
 
@@ -64,6 +65,7 @@ class CellManager:
     ) -> None:
         self.config = config
         self.meters = meters or Meters(store)
+        self.pool = WarmPool(runtime, config.default_limits, config.pool_size)
         self.templates = templates
         self.store = store
         self.runtime = runtime
@@ -80,6 +82,7 @@ class CellManager:
         await self.runtime.check()
         self.runtime.prepare()  # type: ignore[attr-defined]
         await self.reconcile()
+        self.pool.start()  # after reconcile, which removes containers no record owns
         self._background = [
             asyncio.create_task(self._every(_FLUSH_INTERVAL_S, self.flush)),
             asyncio.create_task(self._every(min(3600.0, max(1.0, self.config.retention_s / 4)), self.purge)),
@@ -89,6 +92,7 @@ class CellManager:
         """Stop managing; the cells keep running and the next server adopts them."""
         for task in self._background:
             task.cancel()
+        await self.pool.close()
         self.timers.close()
         await self.flush()
         for live in self.live.values():
@@ -249,8 +253,10 @@ class CellManager:
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else (
             launch.timeout_s if launch is not None and launch.timeout_s else self.config.default_timeout_s
         )
+        # A warm cell fits a built-in template with default limits, not a fork.
+        warm = self.pool.take(limits) if launch is None and fork_from is None else None
         record = Cell(
-            id=f"cell-{secrets.token_hex(8)}",
+            id=warm.cell_id if warm is not None else new_cell_id(),
             tenant_id=tenant_id,
             template=request.template,
             state=CellState.CREATING.value,
@@ -276,11 +282,12 @@ class CellManager:
         if launch is not None and self.templates is not None:
             await self.templates.record_use(launch, record.id)
             options = launch.container_options()
-        live = LiveCell(record, AgentClient(self.runtime.agent_socket(record.id)))
+        live = LiveCell(record, warm.agent if warm is not None else AgentClient(self.runtime.agent_socket(record.id)))
         self.live[record.id] = live
         try:
-            await self.runtime.start(CellSpec(record.id, limits, dict(record.envs), **options), restore_from=fork_from)
-            await self._wait_for_agent(live)
+            if warm is None:
+                await self.runtime.start(CellSpec(record.id, limits, dict(record.envs), **options), restore_from=fork_from)
+                await self._wait_for_agent(live)
             if launch is not None and self.templates is not None:
                 await self.templates.prepare_cell(launch, live.agent, dict(record.envs))
         except (CellRuntimeError, ApiError) as exc:
