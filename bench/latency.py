@@ -11,11 +11,10 @@ reaching the client (same host clock).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,14 +42,16 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300)
     args = parser.parse_args()
 
-    server = None
-    if args.url is None:
-        from tests.conftest import Server, destroy_everything
+    with contextlib.ExitStack() as stack:
+        if args.url is None:
+            from tests.conftest import serving
 
-        top = Path(tempfile.mkdtemp(prefix="cellbox-bench-"))
-        os.chmod(top, 0o755)
-        server = Server(top / "data", "cell_sk_live_" + os.urandom(12).hex()).start()
-        args.url, args.key = server.url, server.key
+            server = stack.enter_context(serving("cellbox-bench-"))
+            args.url, args.key = server.url, server.key
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     client = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {args.key}"}, timeout=60)
     cells = []
     try:
@@ -90,9 +91,6 @@ def main() -> None:
     finally:
         for cell in cells:
             client.delete(f"/v1/cells/{cell}")
-        if server is not None:
-            server.stop()
-            destroy_everything(server.data_dir)
 
 
 if __name__ == "__main__":

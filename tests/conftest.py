@@ -7,6 +7,7 @@ the test failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -124,18 +125,26 @@ def make_server() -> Iterator:
         shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
-    """One server shared by the tests that do not restart it."""
-    top = Path(tempfile.mkdtemp(prefix="cellbox-session-"))
+@contextlib.contextmanager
+def serving(prefix: str, extra_env: dict[str, str] | None = None, prepare: Any = None) -> Iterator[Server]:
+    """A server in a fresh directory (``prepare(top)`` runs first), removed with all its cells."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(top, 0o755)
-    srv = Server(top / "data", "cell_sk_live_" + os.urandom(12).hex()).start()
+    env = prepare(top) if prepare is not None else None
+    srv = Server(top / "data", "cell_sk_live_" + os.urandom(12).hex(), {**(extra_env or {}), **(env or {})})
     try:
-        yield srv
+        yield srv.start()
     finally:
         srv.stop()
         destroy_everything(srv.data_dir)
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    """One server shared by the tests that do not restart it."""
+    with serving("cellbox-session-") as srv:
+        yield srv
 
 
 @pytest.fixture

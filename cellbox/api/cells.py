@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import overload
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -32,8 +33,13 @@ def manager(request: Request) -> CellManager:
     return request.app.state.cells
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+@overload
+def iso(ts: float) -> str: ...
+@overload
+def iso(ts: None) -> None: ...
+def iso(ts: float | None) -> str | None:
+    """A time as the API shows it: ISO 8601 in UTC, with the timezone."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat() if ts is not None else None
 
 
 def cell_info(cell: Cell) -> CellInfo:
@@ -66,7 +72,7 @@ def cell_info(cell: Cell) -> CellInfo:
         volume_mounts=[],
         timeout=cell.timeout_s,
         last_activity_at=iso(cell.last_activity),
-        ended_at=iso(cell.ended_at) if cell.ended_at else None,
+        ended_at=iso(cell.ended_at),
         end_reason=cell.end_reason,
     )
 

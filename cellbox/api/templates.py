@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -11,6 +9,7 @@ from pydantic import BaseModel, Field
 from ..store.template_models import Template
 from ..templates.registry import READY, TemplateRegistry
 from ..templates.spec import BUILTIN, TemplateFields, TemplateRequest
+from .cells import iso
 from .deps import tenant
 from .schemas import ErrorBody
 
@@ -64,10 +63,6 @@ def registry(request: Request) -> TemplateRegistry:
     return request.app.state.templates
 
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat() if ts else None
-
-
 def template_info(template: Template) -> TemplateInfo:
     fields = {k: v for k, v in template.spec.items() if k in TemplateInfo.model_fields and v is not None}
     fields.update(
@@ -80,8 +75,8 @@ def template_info(template: Template) -> TemplateInfo:
         error=template.error,
         build_version=template.version,
         created_at=int(template.created_at * 1000),
-        updated_at=_iso(template.updated_at),
-        built_at=_iso(template.built_at),
+        updated_at=iso(template.updated_at),
+        built_at=iso(template.built_at),
         logs_url=f"/v1/templates/{template.name}/logs",
     )
     return TemplateInfo(**fields)

@@ -7,9 +7,6 @@ touches the network.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +14,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Server, destroy_everything, sh
+from tests.conftest import Server, serving, sh
 from tests.templates.wheels import write_wheel
 
 DEMO = {
@@ -39,25 +36,19 @@ DEMO = {
 }
 
 
-@pytest.fixture(scope="module")
-def template_server() -> Iterator[Server]:
-    top = Path(tempfile.mkdtemp(prefix="cellbox-templates-"))
-    os.chmod(top, 0o755)
+def _wheels(top: Path) -> dict[str, str]:
     wheels = top / "wheels"
     wheels.mkdir()
     write_wheel(wheels, "cellboxdemo", "1.0", 'VALUE = "one"\n')
     write_wheel(wheels, "cellboxdemo", "2.0", 'VALUE = "two"\n')
-    server = Server(top / "data", "cell_sk_live_" + os.urandom(12).hex(), {
-        "CELLBOX_TEMPLATE_PIP_ARGS": f"--no-index --find-links {wheels}",
-        # Paused cells are let go quickly, to test restores of template cells.
-        "CELLBOX_EVICT_AFTER_S": "1",
-    }).start()
-    try:
+    return {"CELLBOX_TEMPLATE_PIP_ARGS": f"--no-index --find-links {wheels}"}
+
+
+@pytest.fixture(scope="module")
+def template_server() -> Iterator[Server]:
+    # Paused cells are let go quickly, to test restores of template cells.
+    with serving("cellbox-templates-", {"CELLBOX_EVICT_AFTER_S": "1"}, prepare=_wheels) as server:
         yield server
-    finally:
-        server.stop()
-        destroy_everything(server.data_dir)
-        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
