@@ -21,12 +21,12 @@ from ..config import Config
 from ..errors import ApiError, bad_request
 from ..events import EventLog
 from ..metrics import Meters
-from ..runtime import CellRuntimeError, CellSpec, Limits, Runtime, archive, cgroups
+from ..runtime import CellRuntimeError, CellSpec, Limits, Runtime, archive, cgroups, id_base
 from ..store import Cell, Snapshot, Store
 from ..templates import Launch, TemplateRegistry
 from . import snapshots
 from .agent import AgentClient
-from .pool import WarmPool, new_cell_id
+from .pool import IdSlots, WarmPool, new_cell_id
 from .state import LIVE_STATES, CellState, check_transition
 from .timers import InactivityTimers
 
@@ -65,7 +65,8 @@ class CellManager:
     ) -> None:
         self.config = config
         self.meters = meters or Meters(store)
-        self.pool = WarmPool(runtime, config.default_limits, config.pool_size)
+        self.slots = IdSlots()
+        self.pool = WarmPool(runtime, config.default_limits, config.pool_size, self.slots)
         self.templates = templates
         self.store = store
         self.runtime = runtime
@@ -130,6 +131,8 @@ class CellManager:
                     record, REASON_SERVER,
                     "its container was gone when the server started (host restart or runtime failure)",
                 )
+        for live in self.live.values():
+            self.slots.mark(live.record.id_slot)
         for orphan in set(containers) - known:
             log.warning("removing container %s that no cell record owns", orphan)
             await self.runtime.destroy(orphan)
@@ -247,14 +250,15 @@ class CellManager:
                 )
             launch = await self.templates.launch(tenant_id, request.template)
         self._refuse_unsupported(request)
-        fork_from = await self._fork_source(tenant_id, getattr(request, "snapshot_id", None))
+        fork = await self._fork_source(tenant_id, getattr(request, "snapshot_id", None))
         limits = self._limits(request, launch)
         now = time.time()
         timeout_s = request.timeout_ms / 1000 if request.timeout_ms else (
             launch.timeout_s if launch is not None and launch.timeout_s else self.config.default_timeout_s
         )
         # A warm cell fits a built-in template with default limits, not a fork.
-        warm = self.pool.take(limits) if launch is None and fork_from is None else None
+        warm = self.pool.take(limits) if launch is None and fork is None else None
+        slot = warm.id_slot if warm is not None else self.slots.take()
         record = Cell(
             id=warm.cell_id if warm is not None else new_cell_id(),
             tenant_id=tenant_id,
@@ -276,6 +280,7 @@ class CellManager:
             executions=0,
             runtime=self.runtime.name,
             source_snapshot_id=getattr(request, "snapshot_id", None),
+            id_slot=slot,
         )
         await self.store.add_cell(record)
         options: dict[str, Any] = {}
@@ -286,7 +291,8 @@ class CellManager:
         self.live[record.id] = live
         try:
             if warm is None:
-                await self.runtime.start(CellSpec(record.id, limits, dict(record.envs), **options), restore_from=fork_from)
+                spec = CellSpec(record.id, limits, dict(record.envs), id_base=id_base(slot), **options)
+                await self.runtime.start(spec, *(fork or ()))
                 await self._wait_for_agent(live)
             if launch is not None and self.templates is not None:
                 await self.templates.prepare_cell(launch, live.agent, dict(record.envs))
@@ -300,8 +306,9 @@ class CellManager:
         self.timers.arm(record.id)
         return record
 
-    async def _fork_source(self, tenant_id: str, snapshot_id: str | None) -> Path | None:
-        """The verified archive a new cell starts from: a fork of a snapshot of the same tenant."""
+    async def _fork_source(self, tenant_id: str, snapshot_id: str | None) -> tuple[Path, int] | None:
+        """The verified archive a new cell starts from (a fork of a snapshot of the same
+        tenant), with the id range its files belong to."""
         if snapshot_id is None:
             return None
         snapshot = await self.store.get_snapshot(snapshot_id)
@@ -312,7 +319,8 @@ class CellManager:
             await archive.verify(path, snapshot.digest)
         except CellRuntimeError as exc:
             raise ApiError(409, f"cannot fork from {snapshot_id}: {exc}", "snapshot_unusable") from exc
-        return path
+        source = await self.store.get_cell(snapshot.cell_id)
+        return path, id_base(source.id_slot if source is not None else 1)
 
     async def _wait_for_agent(self, live: LiveCell) -> None:
         try:
@@ -340,6 +348,7 @@ class CellManager:
                 await self.runtime.destroy(cell_id)
             finally:
                 self.live.pop(cell_id, None)
+                self.slots.give_back(live.record.id_slot)
                 await live.agent.close()
                 await self._record_end(live.record, reason, detail)
 
@@ -602,7 +611,7 @@ class CellManager:
     async def _spec(self, record: Cell) -> CellSpec:
         """What a restored cell is started with: its limits, envs and its template's build."""
         options = await self.templates.container_options(record.id) if self.templates else {}
-        return CellSpec(record.id, Limits(**record.limits), dict(record.envs), **options)
+        return CellSpec(record.id, Limits(**record.limits), dict(record.envs), id_base=id_base(record.id_slot), **options)
 
     async def runtime_of(self, live: LiveCell) -> str:
         """The cell's template runtime (python3 or javascript), which picks its default language."""

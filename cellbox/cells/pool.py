@@ -15,7 +15,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from ..runtime import CellSpec, Limits, Runtime
+from ..runtime import CellSpec, Limits, Runtime, id_base
 from .agent import AgentClient
 
 log = logging.getLogger("cellbox.pool")
@@ -31,11 +31,13 @@ def new_cell_id() -> str:
 class WarmCell:
     cell_id: str
     agent: AgentClient
+    id_slot: int
 
 
 class WarmPool:
-    def __init__(self, runtime: Runtime, limits: Limits, size: int) -> None:
+    def __init__(self, runtime: Runtime, limits: Limits, size: int, slots: "IdSlots") -> None:
         self.runtime = runtime
+        self.slots = slots
         self.limits = limits
         self.size = size
         self.ready: list[WarmCell] = []
@@ -73,7 +75,12 @@ class WarmPool:
 
     async def _start_one(self) -> WarmCell:
         cell_id = new_cell_id()
-        await self.runtime.start(CellSpec(cell_id, self.limits, {}))
+        slot = self.slots.take()
+        try:
+            await self.runtime.start(CellSpec(cell_id, self.limits, {}, id_base=id_base(slot)))
+        except BaseException:
+            self.slots.give_back(slot)
+            raise
         agent = AgentClient(self.runtime.agent_socket(cell_id))
         try:
             await agent.request("GET", "/health", timeout=15)
@@ -84,8 +91,9 @@ class WarmPool:
         except BaseException:
             await agent.close()
             await self.runtime.destroy(cell_id)
+            self.slots.give_back(slot)
             raise
-        return WarmCell(cell_id, agent)
+        return WarmCell(cell_id, agent, slot)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -94,4 +102,25 @@ class WarmPool:
         for cell in self.ready:
             await cell.agent.close()
             await self.runtime.destroy(cell.cell_id)
+            self.slots.give_back(cell.id_slot)
         self.ready.clear()
+
+
+class IdSlots:
+    """Which host id ranges are taken by cells (and warm cells); slot 0 is for builds."""
+
+    def __init__(self) -> None:
+        self._taken: set[int] = set()
+
+    def mark(self, slot: int) -> None:
+        self._taken.add(slot)
+
+    def take(self) -> int:
+        slot = 1
+        while slot in self._taken:
+            slot += 1
+        self._taken.add(slot)
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        self._taken.discard(slot)

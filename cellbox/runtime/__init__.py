@@ -20,11 +20,24 @@ class Limits:
     disk_mb: int = 2048
 
 
+# Each cell gets its own range of host ids for its user namespace: root in the cell
+# is ``id_base`` on the host and the cell user ``id_base + 1000``. Distinct ranges keep
+# cells apart even outside their namespaces (signals, per-uid kernel limits, files).
+FIRST_ID_BASE = 100000
+ID_RANGE = 65536
+
+
+def id_base(slot: int) -> int:
+    """The first host id of a slot's range; slot 0 is for template builds."""
+    return FIRST_ID_BASE + slot * ID_RANGE
+
+
 @dataclass(frozen=True)
 class CellSpec:
     cell_id: str
     limits: Limits
     envs: dict[str, str] = field(default_factory=dict)
+    id_base: int = FIRST_ID_BASE
     # From a template: its read-only layer (at /opt/template), the cell's working
     # directory, and the name of its user with the passwd/group files that give it.
     layer: Path | None = None
@@ -40,9 +53,10 @@ class CellRuntimeError(Exception):
 class Runtime(Protocol):
     name: str
 
-    async def start(self, spec: CellSpec, restore_from: Path | None = None) -> None:
+    async def start(self, spec: CellSpec, restore_from: Path | None = None, restore_id_base: int | None = None) -> None:
         """Start the cell's container with the agent as its first process; its disk
-        restored from a (verified) snapshot archive when one is given."""
+        restored from a (verified) snapshot archive when one is given, whose files
+        belonged to ``restore_id_base``'s range."""
 
     async def pause(self, cell_id: str) -> None:
         """Freeze every process of the cell."""

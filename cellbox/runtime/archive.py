@@ -82,3 +82,20 @@ async def extract(archive: Path, target: Path) -> None:
     _, errors = await proc.communicate()
     if proc.returncode != 0:
         raise CellRuntimeError(f"could not restore the snapshot: {errors.decode(errors='replace').strip()}")
+
+
+def shift_owners(root: Path, old_base: int, new_base: int) -> None:
+    """Move files restored from another cell's id range into this cell's range."""
+    from . import ID_RANGE
+
+    def shifted(value: int) -> int:
+        return value - old_base + new_base if old_base <= value < old_base + ID_RANGE else value
+
+    for directory, dirnames, filenames in os.walk(root):
+        for name in [directory, *(os.path.join(directory, n) for n in dirnames + filenames)]:
+            st = os.lstat(name)
+            uid, gid = shifted(st.st_uid), shifted(st.st_gid)
+            if (uid, gid) != (st.st_uid, st.st_gid):
+                os.lchown(name, uid, gid)
+                if not os.path.islink(name) and st.st_mode & 0o6000:
+                    os.chmod(name, st.st_mode & 0o7777)  # chown clears setuid/setgid bits

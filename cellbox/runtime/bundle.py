@@ -13,14 +13,13 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from . import CellSpec
+from . import FIRST_ID_BASE, ID_RANGE, CellSpec
 
 CELL_UID = 1000
 CELL_GID = 1000
-# Root in the cell's user namespace is this unprivileged host uid; the cell user
-# (1000) is HOST_ID_BASE + 1000 on the host.
-HOST_ID_BASE = 100000
-ID_RANGE = 65536
+# Root in the cell's user namespace is an unprivileged host uid (the spec's id_base);
+# the cell user (1000) is id_base + 1000 on the host.
+HOST_ID_BASE = FIRST_ID_BASE
 
 # Docker's default capability set: the most a cell may ever hold. The cell user is
 # not root, so its effective set is empty; this bounds what a setuid binary could gain
@@ -210,8 +209,8 @@ def build_config(
     }
     if user_namespace:
         namespaces.append({"type": "user"})
-        linux["uidMappings"] = [{"containerID": 0, "hostID": HOST_ID_BASE, "size": ID_RANGE}]
-        linux["gidMappings"] = [{"containerID": 0, "hostID": HOST_ID_BASE, "size": ID_RANGE}]
+        linux["uidMappings"] = [{"containerID": 0, "hostID": spec.id_base, "size": ID_RANGE}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": spec.id_base, "size": ID_RANGE}]
     if seccomp is not None:
         linux["seccomp"] = seccomp
 

@@ -132,7 +132,7 @@ class OciRuntime:
 
     # -- life cycle -------------------------------------------------------------
 
-    async def start(self, spec: CellSpec, restore_from: Path | None = None) -> None:
+    async def start(self, spec: CellSpec, restore_from: Path | None = None, restore_id_base: int | None = None) -> None:
         """Start a cell; with ``restore_from``, its disk is that (verified) snapshot archive."""
         assert self.support is not None, "prepare() must run before start()"
         cell_dir = self.cell_dir(spec.cell_id)
@@ -140,16 +140,20 @@ class OciRuntime:
             await self.destroy(spec.cell_id)
         cell_dir.mkdir(parents=True)
         try:
-            await self._start(spec, cell_dir, restore_from)
+            await self._start(spec, cell_dir, restore_from, restore_id_base)
         except BaseException:
             await self.destroy(spec.cell_id)
             raise
 
-    async def _start(self, spec: CellSpec, cell_dir: Path, restore_from: Path | None) -> None:
-        owner = bundle.HOST_ID_BASE + bundle.CELL_UID if self.user_namespace else bundle.CELL_UID
+    async def _start(
+        self, spec: CellSpec, cell_dir: Path, restore_from: Path | None, restore_id_base: int | None
+    ) -> None:
+        owner = spec.id_base + bundle.CELL_UID if self.user_namespace else bundle.CELL_UID
         await disk.create(cell_dir / "disk.img", cell_dir / "disk", spec.limits.disk_mb, owner)
         if restore_from is not None:
             await archive.extract(restore_from, cell_dir / "disk")
+            if self.user_namespace and restore_id_base not in (None, spec.id_base):
+                await asyncio.to_thread(archive.shift_owners, cell_dir / "disk", restore_id_base, spec.id_base)
         bundle.write_etc(cell_dir / "etc", spec.cell_id)
         config = bundle.build_config(
             spec,

@@ -50,6 +50,8 @@ class Cell(Base):
     # Paused long enough that its container was stopped: only its snapshot is left.
     evicted: Mapped[bool] = mapped_column(Boolean, default=False)
     source_snapshot_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Which range of host ids the cell's user namespace maps to (runtime.id_base).
+    id_slot: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (Index("ix_cells_tenant_created", "tenant_id", "created_at", "id"),)
 

@@ -124,3 +124,9 @@ def test_writable_disk_is_bounded(api, cells):
     body = sh(api, cell_id, "dd if=/dev/zero of=/data/big bs=1M count=200 2>&1; echo rc=$?", timeout=60)
     assert "No space left" in body["stdout"]
     assert sh(api, cell_id, "rm /data/big; echo ok > /data/small; cat /data/small")["stdout"] == "ok\n"
+
+
+def test_each_cell_has_its_own_range_of_host_ids(api, cells):
+    first, second = cells()["cell_id"], cells(memory_mb=256)["cell_id"]
+    ranges = {sh(api, c, "cat /proc/self/uid_map")["stdout"].split()[1] for c in (first, second)}
+    assert len(ranges) == 2, "two cells must not share host uids"

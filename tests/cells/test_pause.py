@@ -189,6 +189,8 @@ def test_a_new_cell_can_start_from_a_snapshot_of_the_same_tenant(server, api, ce
     fork = cells(snapshot_id=snapshot_id)
     assert fork["cell_id"] != source
     assert sh(api, fork["cell_id"], "cat proj/state.txt")["stdout"] == "forked\n"
+    # The fork has its own host ids; its files were moved into them.
+    assert sh(api, fork["cell_id"], "stat -c %U proj/state.txt")["stdout"] == "user\n"
     sh(api, fork["cell_id"], "echo changed > proj/state.txt")
     assert sh(api, source, "cat proj/state.txt")["stdout"] == "forked\n", "a fork does not touch its source"
     with server.client(server.new_key("stranger")) as stranger:

@@ -1,4 +1,4 @@
-"""Signed execution receipts; snapshots; pause bookkeeping on cells.
+"""Signed execution receipts; snapshots; pause bookkeeping and id ranges on cells.
 
 Revision ID: 0003
 Revises: 0002
@@ -37,10 +37,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("paused_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("evicted", sa.Boolean, nullable=False, server_default=sa.false()))
         batch.add_column(sa.Column("source_snapshot_id", sa.String(40), nullable=True))
+        batch.add_column(sa.Column("id_slot", sa.Integer, nullable=False, server_default="1"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("cells") as batch:
+        batch.drop_column("id_slot")
         batch.drop_column("source_snapshot_id")
         batch.drop_column("evicted")
         batch.drop_column("paused_at")
