@@ -35,6 +35,7 @@ log = logging.getLogger("cellbox.cells")
 BUILTIN_TEMPLATES = {"python3": "python", "javascript": "javascript"}
 _AGENT_READY_TIMEOUT_S = 15.0
 _FLUSH_INTERVAL_S = 15.0
+_LIVENESS_INTERVAL_S = 5.0
 
 # Why cells end, as recorded in end_reason and in the cell.killed event's data.
 REASON_REQUEST = "request"
@@ -86,6 +87,7 @@ class CellManager:
         self.pool.start()  # after reconcile, which removes containers no record owns
         self._background = [
             asyncio.create_task(self._every(_FLUSH_INTERVAL_S, self.flush)),
+            asyncio.create_task(self._every(_LIVENESS_INTERVAL_S, self.check_liveness)),
             asyncio.create_task(self._every(min(3600.0, max(1.0, self.config.retention_s / 4)), self.purge)),
         ]
 
@@ -124,7 +126,7 @@ class CellManager:
                 # Its processes are gone but its files are not: it waits, paused, to be
                 # restored from its latest snapshot when resumed.
                 await self.runtime.destroy(record.id)
-                await self._keep_as_evicted(record)
+                await self._keep_as_evicted(record, "its container was gone when the server started")
             else:
                 await self.runtime.destroy(record.id)
                 await self._record_end(
@@ -157,18 +159,23 @@ class CellManager:
         self.timers.arm(record.id)
         return True
 
-    async def _keep_as_evicted(self, record: Cell) -> None:
+    async def _keep_as_evicted(self, record: Cell, detail: str) -> None:
+        """A cell whose processes are gone but which has a snapshot: paused, restored on resume."""
         record.evicted = True
         record.paused_at = record.paused_at or time.time()
         if record.state == CellState.RUNNING.value:
             await self._transition(
                 record, CellState.PAUSED, "cell.paused",
-                {"reason": "server", "detail": "its container was gone when the server started; resume restores its latest snapshot"},
+                {"reason": "server", "detail": f"{detail}; resume restores its latest snapshot"},
                 paused_at=record.paused_at, evicted=True,
             )
         else:
             await self.store.update_cell(record.id, evicted=True, paused_at=record.paused_at)
-        self.live[record.id] = LiveCell(record, AgentClient(self.runtime.agent_socket(record.id)))
+        live = self.live.get(record.id)
+        if live is None:
+            self.live[record.id] = LiveCell(record, AgentClient(self.runtime.agent_socket(record.id)))
+        else:
+            await live.agent.close()  # its connections went with the old container
 
     # -- reading -------------------------------------------------------------------
 
@@ -650,6 +657,22 @@ class CellManager:
                 await self.store.update_cell(
                     live.record.id, last_activity=live.record.last_activity, executions=live.record.executions
                 )
+
+    async def check_liveness(self) -> None:
+        """Account for cells whose container died under us (the agent was killed, OOM...)."""
+        for cell_id, live in list(self.live.items()):
+            record = live.record
+            if record.state != CellState.RUNNING.value or live.lock.locked() or self.runtime.alive(cell_id):
+                continue
+            log.warning("cell %s: its container stopped unexpectedly", cell_id)
+            detail = "its container stopped unexpectedly (the agent was killed, perhaps out of memory)"
+            if await self.store.list_snapshots(cell_id):
+                async with live.lock:
+                    self.timers.disarm(cell_id)
+                    await self.runtime.destroy(cell_id)
+                    await self._keep_as_evicted(record, detail)
+            else:
+                await self._end(cell_id, REASON_ERROR, detail)
 
     async def purge(self) -> None:
         purged = await self.store.purge_cells(time.time() - self.config.retention_s)

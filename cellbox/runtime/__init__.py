@@ -70,6 +70,9 @@ class Runtime(Protocol):
     async def destroy(self, cell_id: str) -> None:
         """Stop every process of the cell and free its resources. Idempotent."""
 
+    def alive(self, cell_id: str) -> bool:
+        """Whether the cell's first process still runs (a cheap check, no runtime call)."""
+
     async def status(self, cell_id: str) -> str | None:
         """``running``, ``paused``, ``stopped``, or None when no container exists."""
 

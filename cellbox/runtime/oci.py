@@ -222,6 +222,15 @@ class OciRuntime:
         await run("sync", "-f", str(mount))
         return await archive.create(mount, target)
 
+    def alive(self, cell_id: str) -> bool:
+        """Is the cell's first process (the agent) still there? Cheap: no runtime call."""
+        try:
+            pid = int((self.cell_dir(cell_id) / "pid").read_text())
+            # The pid must still be the cell's: a reused pid would be in another cgroup.
+            return f"/cellbox/{cell_id}" in Path(f"/proc/{pid}/cgroup").read_text()
+        except (OSError, ValueError):
+            return False
+
     async def status(self, cell_id: str) -> str | None:
         code, out = await run(*self._runtime("state", cell_id), check=False)
         if code != 0:

@@ -45,3 +45,35 @@ def test_a_cell_whose_container_vanished_is_marked_killed_with_a_reason(make_ser
         info = api.get(f"/v1/cells/{cell_id}").json()
         assert info["state"] == "killed"
         assert "container was gone" in info["end_reason"]
+
+
+def test_a_cell_whose_container_dies_is_ended_with_a_reason(server, api, cells):
+    import os
+    import time
+
+    cell_id = cells()["cell_id"]
+    pid = int((server.data_dir / "cells" / cell_id / "pid").read_text())
+    os.kill(pid, 9)  # from the host: the whole container goes
+    deadline = time.monotonic() + 15
+    while api.get(f"/v1/cells/{cell_id}").json()["state"] == "running":
+        assert time.monotonic() < deadline, "the dead cell was not noticed"
+        time.sleep(0.3)
+    info = api.get(f"/v1/cells/{cell_id}").json()
+    assert info["state"] == "killed" and "stopped unexpectedly" in info["end_reason"]
+
+
+def test_a_dead_cell_with_a_snapshot_waits_paused_to_be_restored(server, api, cells):
+    import os
+    import time
+
+    cell_id = cells()["cell_id"]
+    sh(api, cell_id, "echo kept > f.txt")
+    api.post(f"/v1/cells/{cell_id}/snapshots")
+    os.kill(int((server.data_dir / "cells" / cell_id / "pid").read_text()), 9)
+    deadline = time.monotonic() + 15
+    while api.get(f"/v1/cells/{cell_id}").json()["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert api.get(f"/v1/cells/{cell_id}").json()["state"] == "paused"
+    assert api.post(f"/v1/cells/{cell_id}/resume").json()["restored"]["files"] is True
+    assert sh(api, cell_id, "cat f.txt")["stdout"] == "kept\n"
