@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from synapse.cell import Cell
 from synapse.e2b_compat import Sandbox
 
+from cellbox.api.schemas import ExecResult
 from cellbox.receipts import GENESIS, result_hash, sha256, verify
 
 
@@ -43,6 +44,7 @@ def test_python_state_persists_and_the_trailing_expression_is_a_result(api, cell
     cell_id = cell["cell_id"]
     assert run(api, cell_id, "x = 41\ndef f(): return x + 1")["exit_code"] == 0
     body = run(api, cell_id, "print(f())\nx")
+    ExecResult.model_validate(body)  # the answer is what the OpenAPI document promises
     assert body["stdout"] == "42\n"
     assert body["results"] == [{"text/plain": "41"}]
     assert body["execution_count"] == 2
