@@ -8,9 +8,10 @@ import time
 from typing import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from . import __version__, errors
-from .api import cells, commands, execution, files, metrics, processes, pty, snapshots, system
+from .api import cells, commands, execution, files, metrics, processes, pty, snapshots, system, volumes
 from .api import events as event_routes, fetch, webhooks
 from .api import templates as template_routes
 from .cells.manager import CellManager
@@ -41,6 +42,36 @@ async def _ensure_a_key(store: Store, config: Config) -> None:
     path.touch(mode=0o600)
     path.write_text(key + "\n")
     log.warning("created the first API key %s; it is in %s (readable by root only)", record.id, path)
+
+
+# Endpoints anyone may call without a key.
+_OPEN_PATHS = {"/v1/health", "/v1/receipts/public-key"}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated document, told the truth: Bearer keys, and 400 (not 422) for bad input."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http", "scheme": "bearer", "description": "An API key: cell_sk_live_...",
+    }
+    schema["security"] = [{"bearer": []}]
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "Bad input: the error names the field", **error})
+            if path in _OPEN_PATHS:
+                operation["security"] = []
+            else:
+                responses.setdefault("401", {"description": "Missing or invalid API key", **error})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(unused, None)
+    app.openapi_schema = schema
+    return schema
 
 
 def create_app(config: Config) -> FastAPI:
@@ -99,8 +130,9 @@ def create_app(config: Config) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     for module in (system, cells, commands, execution, files, processes, pty, event_routes, fetch, webhooks, snapshots,
-                   template_routes, metrics):
+                   template_routes, metrics, volumes):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     # Outermost, so it times everything the server answers.

@@ -36,6 +36,11 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024
     command_timeout_s: float = 60
     exec_timeout_s: float = 300
+    # Per API key: live (running or paused) cells, and bytes of snapshots kept.
+    max_cells_per_key: int = 100
+    max_snapshot_bytes_per_key: int = 20 * 1024**3
+    # Below this much free space in the data directory, no new cell or snapshot.
+    min_free_disk_bytes: int = 1024**3
     # Cells kept started ahead of time (default limits, built-in templates); 0 turns it off.
     pool_size: int = 2
     # stdout and stderr of an execution beyond this many bytes each are cut with a marker.
@@ -103,6 +108,9 @@ class Config:
             template_ready_timeout_s=float(_env("TEMPLATE_READY_TIMEOUT_S", str(cls.template_ready_timeout_s))),
             exec_timeout_s=float(_env("EXEC_TIMEOUT_S", str(cls.exec_timeout_s))),
             pool_size=int(_env("POOL_SIZE", str(cls.pool_size))),
+            max_cells_per_key=int(_env("MAX_CELLS_PER_KEY", str(cls.max_cells_per_key))),
+            max_snapshot_bytes_per_key=int(_env("MAX_SNAPSHOT_BYTES_PER_KEY", str(cls.max_snapshot_bytes_per_key))),
+            min_free_disk_bytes=int(_env("MIN_FREE_DISK_BYTES", str(cls.min_free_disk_bytes))),
             exec_output_cap=int(_env("EXEC_OUTPUT_CAP", str(cls.exec_output_cap))),
             evict_after_s=float(_env("EVICT_AFTER_S", str(cls.evict_after_s))),
         )

@@ -28,14 +28,21 @@ def error_response(status: int, error: str, error_type: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_type": error_type}, status_code=status)
 
 
+_PLACES = {"query": "query parameter ", "path": "path parameter ", "header": "header ", "body": ""}
+
+
 def _describe(errors: list[dict]) -> str:
+    """Name each offending field, and where it goes: a query parameter, the body..."""
     parts = []
     for err in errors[:5]:
-        location = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        message = err.get("msg", "is invalid")
         if err.get("type") == "json_invalid":
             return "request body is not valid JSON"
-        parts.append(f"{location or 'body'}: {message}")
+        place, *field = [str(p) for p in err.get("loc", ())] or ["body"]
+        name = ".".join(field)
+        if err.get("type") == "missing" and place == "body" and not field:
+            parts.append("a JSON body is required")
+            continue
+        parts.append(f"{_PLACES.get(place, '')}{name or 'body'}: {err.get('msg', 'is invalid')}")
     return "; ".join(parts)
 
 
@@ -52,14 +59,20 @@ def install(app: FastAPI) -> None:
         return error_response(400, f"invalid request: {_describe(exc.errors())}", "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = _STATUS_TYPES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such endpoint; see /docs for the Cell API"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+            detail = f"{request.method} is not allowed here" + (f"; use {allowed}" if allowed else "")
         return error_response(exc.status_code, detail, error_type)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+        # The exception's text can name host paths: it goes to the log, not to the caller.
+        return error_response(
+            500, f"internal error ({type(exc).__name__}); the server's log has the details", "internal_error"
+        )

@@ -26,6 +26,7 @@ need python3 /usr/bin/python3                                             # the 
 need e2fsprogs mkfs.ext4                                                  # each cell's disk
 need mount mount
 need util-linux mountpoint
+need util-linux nsenter
 need procps pgrep
 need git git                                                              # cells have git
 need nodejs node                                                          # the javascript kernel

@@ -75,7 +75,21 @@ def spawn(argv: list[str], **popen_kwargs: Any) -> Child:
         child = Child(popen)
         _children[child.pid] = child
         _have_children.notify_all()
+    _prefer_for_oom(child.pid)
     return child
+
+
+def _prefer_for_oom(pid: int) -> None:
+    """Make what the agent starts the OOM killer's first choice in the cell, not the agent.
+
+    Raising a score needs no privilege. What the child forks before this write keeps
+    the default score; that is rare, and a dead agent is noticed by the server anyway.
+    """
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 def _reap_forever() -> None:

@@ -421,6 +421,8 @@ class Watcher:
         self.root_gone = False
         fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
+            if ctypes.get_errno() in (errno.EMFILE, errno.ENFILE):
+                raise HTTPError(503, "the cell has too many file watches open; close some", "watch_limit")
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.fd = fd
         try:

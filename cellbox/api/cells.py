@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import overload
 from urllib.parse import unquote
@@ -20,6 +21,7 @@ from .schemas import (
     ErrorBody,
     MetadataResponse,
     RunningResponse,
+    EnvMap,
     StringMap,
     TimeoutRequest,
 )
@@ -61,7 +63,9 @@ def cell_info(cell: Cell) -> CellInfo:
         started_at=iso(cell.started_at),
         end_at=iso(end),
         state=cell.state,  # type: ignore[arg-type]
-        cpu_count=limits["cpu_count"],
+        # The client reads a whole number; ``cpus`` has the exact share.
+        cpu_count=max(1, math.ceil(limits["cpu_count"])),
+        cpus=limits["cpu_count"],
         memory_mb=limits["memory_mb"],
         disk_mb=limits["disk_mb"],
         envd_version=AGENT_VERSION,
@@ -98,7 +102,9 @@ def _parse_metadata_filter(raw: str) -> dict[str, str]:
     return wanted
 
 
-@router.get("", response_model=list[CellInfo])
+@router.get("", response_model=list[CellInfo], responses={200: {"headers": {"X-Next-Token": {
+    "description": "Pass as next_token for the next page; absent on the last page.", "schema": {"type": "string"},
+}}}})
 async def list_cells(
     request: Request,
     response: Response,
@@ -158,9 +164,10 @@ async def is_running(request: Request, cell_id: str, tenant_id: str = Depends(te
 
 @router.patch("/{cell_id}/metadata", response_model=MetadataResponse)
 async def patch_metadata(
-    request: Request, cell_id: str, body: StringMap = Body(...), tenant_id: str = Depends(tenant)
+    request: Request, cell_id: str, body: StringMap | None = Body(None), tenant_id: str = Depends(tenant)
 ) -> MetadataResponse:
-    merged = await manager(request).patch_map(tenant_id, cell_id, "cell_metadata", body)
+    """Merge keys into the metadata; an empty or missing body changes nothing."""
+    merged = await manager(request).patch_map(tenant_id, cell_id, "cell_metadata", body or {})
     return MetadataResponse(metadata=merged)
 
 
@@ -171,7 +178,8 @@ async def get_envs(request: Request, cell_id: str, tenant_id: str = Depends(tena
 
 @router.patch("/{cell_id}/envs", response_model=dict[str, str])
 async def patch_envs(
-    request: Request, cell_id: str, body: StringMap = Body(...), tenant_id: str = Depends(tenant)
+    request: Request, cell_id: str, body: EnvMap | None = Body(None), tenant_id: str = Depends(tenant)
 ) -> dict[str, str]:
-    """New values apply to commands and executions started after this call."""
-    return await manager(request).patch_map(tenant_id, cell_id, "envs", body)
+    """New values apply to commands and executions started after this call; an empty or
+    missing body changes nothing."""
+    return await manager(request).patch_map(tenant_id, cell_id, "envs", body or {})

@@ -73,7 +73,7 @@ async def public_key(request: Request) -> dict:
 @router.get("/v1/cells/{cell_id}/receipts", response_model=list[Receipt])
 async def list_receipts(
     request: Request, cell_id: str,
-    after: int = Query(-1, description="Only receipts with a larger sequence."),
+    after: int = Query(-1, ge=-1, le=2**62, description="Only receipts with a larger sequence."),
     limit: int = Query(1000, ge=1, le=1000),
     tenant_id: str = Depends(tenant),
 ) -> list[dict]:

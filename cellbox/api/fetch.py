@@ -31,6 +31,15 @@ class FetchBody(BaseModel):
         None, description=f"Where the response body goes, under {DATA_DIR} (default {DEFAULT_SAVE_TO})."
     )
 
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, content in (value or {}).items():
+            if not name.isascii() or not name.strip() or any(c in name for c in " :\r\n") or not content.isascii() \
+                    or any(c in content for c in "\r\n"):
+                raise ValueError(f"header {name!r} must be an ASCII name without spaces or colons, with an ASCII value on one line")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from ..errors import ApiError
 from .cells import manager
 from .deps import tenant
 from .schemas import ErrorBody, KillRequest, ProcessInfo, StdinRequest
@@ -16,7 +19,18 @@ from .streams import open_sse
 router = APIRouter(prefix="/v1/cells", tags=["processes"], responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 
 
+_COMMAND_ID = re.compile(r"cmd_[0-9a-f]{12}")
+
+
+def _check_id(request: Request) -> None:
+    """Only ids the agent could have made reach it (and a URL it can parse)."""
+    command_id = request.path_params.get("command_id")
+    if command_id is not None and not _COMMAND_ID.fullmatch(command_id):
+        raise ApiError(404, f"process {command_id!r} not found in cell {request.path_params['cell_id']!r}", "not_found")
+
+
 async def _call(request: Request, tenant_id: str, cell_id: str, method: str, path: str, **kwargs) -> dict:
+    _check_id(request)
     cells = manager(request)
     live = await cells.running(tenant_id, cell_id)
     cells.touch(live)
@@ -31,7 +45,7 @@ async def list_processes(request: Request, cell_id: str, tenant_id: str = Depend
 
 
 @router.get("/{cell_id}/processes/{command_id}", response_model=ProcessInfo)
-@router.get("/{cell_id}/commands/{command_id}", response_model=ProcessInfo, include_in_schema=False)
+@router.get("/{cell_id}/commands/{command_id}", response_model=ProcessInfo, summary="Get Process (the older client's path)")
 async def get_process(request: Request, cell_id: str, command_id: str, tenant_id: str = Depends(tenant)) -> dict:
     """Status, exit code (null while running) and the output so far (the last MiB of each stream)."""
     return await _call(request, tenant_id, cell_id, "GET", f"/processes/{command_id}")
@@ -46,7 +60,7 @@ async def kill_process(
     return await _call(request, tenant_id, cell_id, "POST", f"/processes/{command_id}/kill", json=payload)
 
 
-@router.delete("/{cell_id}/commands/{command_id}", response_model=ProcessInfo, include_in_schema=False)
+@router.delete("/{cell_id}/commands/{command_id}", response_model=ProcessInfo, summary="Delete Process (the older client's path)")
 @router.delete("/{cell_id}/processes/{command_id}", response_model=ProcessInfo)
 async def delete_process(request: Request, cell_id: str, command_id: str, tenant_id: str = Depends(tenant)) -> dict:
     """Kill with SIGKILL (the older client's verb)."""
@@ -67,6 +81,7 @@ async def stream_process(
     tenant_id: str = Depends(tenant),
 ) -> StreamingResponse:
     """Server-sent events: stdout/stderr chunks (with byte offsets) live, then exit."""
+    _check_id(request)
     cells = manager(request)
     live = await cells.running(tenant_id, cell_id)
     params = {"offset_stdout": offset_stdout, "offset_stderr": offset_stderr}

@@ -24,6 +24,8 @@ router = APIRouter(tags=["terminal"])
 _HEADER = struct.Struct(">BI")
 _DATA, _CONTROL = 0, 1
 _MAX_HEAD = 64 * 1024
+# The agent's frames are at most 1 MiB; a larger length means a broken or hostile agent.
+_MAX_FRAME = 1024 * 1024
 # WebSocket close codes for refusals before the session starts (4000 + HTTP status).
 _POLICY = 1008
 
@@ -56,6 +58,8 @@ async def _open_agent_pty(socket_path: str, query: dict) -> tuple[asyncio.Stream
 async def _agent_to_client(reader: asyncio.StreamReader, websocket: WebSocket) -> None:
     while True:
         kind, length = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        if length > _MAX_FRAME:
+            raise ConnectionError(f"the agent sent a terminal frame of {length} bytes")
         payload = await reader.readexactly(length)
         if kind == _DATA:
             await websocket.send_bytes(payload)

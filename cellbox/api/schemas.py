@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 StringMap = dict[StrictStr, StrictStr]
+
+
+def _check_envs(envs: dict[str, str]) -> dict[str, str]:
+    for name, value in envs.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not a valid variable name (non-empty, no '=' or NUL)")
+        if "\0" in value:
+            raise ValueError(f"the value of {name} contains a NUL byte")
+    return envs
+
+
+EnvMap = Annotated[dict[StrictStr, StrictStr], AfterValidator(_check_envs)]
 
 
 class ErrorBody(BaseModel):
@@ -41,7 +53,7 @@ class CreateCellRequest(BaseModel):
     persistent: StrictBool = True
     timeout_ms: int | None = Field(None, ge=1000, le=86_400_000, description="Inactivity timeout.")
     metadata: StringMap | None = None
-    envs: StringMap | None = None
+    envs: EnvMap | None = None
     allow_internet_access: StrictBool | None = None
     network: NetworkOptions | None = None
     volume_id: StrictStr | None = None
@@ -49,7 +61,7 @@ class CreateCellRequest(BaseModel):
     lifecycle: LifecycleOptions | None = None
     secure: StrictBool | None = None
     name: StrictStr | None = Field(None, max_length=200)
-    cpu_count: float | None = Field(None, gt=0, description="CPUs (fractions allowed).")
+    cpu_count: float | None = Field(None, ge=0.01, description="CPUs (fractions allowed, at least 0.01).")
     memory_mb: int | None = Field(None, ge=32)
     disk_mb: int | None = Field(None, ge=64)
     pids: int | None = Field(None, ge=16, description="Most processes and threads at once.")
@@ -75,7 +87,8 @@ class CellInfo(BaseModel):
     started_at: str
     end_at: str = Field(description="When the inactivity timeout fires (or fired), ISO 8601.")
     state: Literal["creating", "running", "paused", "killed"]
-    cpu_count: float
+    cpu_count: int = Field(description="CPUs, rounded up to a whole number.")
+    cpus: float = Field(description="The CPU share exactly, e.g. 0.5.")
     memory_mb: int
     disk_mb: int
     envd_version: str
@@ -107,7 +120,7 @@ class CommandRequest(BaseModel):
     command: StrictStr = Field(min_length=1)
     background: StrictBool = False
     cwd: StrictStr | None = None
-    envs: StringMap | None = None
+    envs: EnvMap | None = None
     timeout: float | None = Field(None, gt=0, description="Seconds; the command is killed after it.")
 
 
@@ -132,7 +145,7 @@ class ExecRequest(BaseModel):
     code: StrictStr
     language: StrictStr | None = Field(None, description="python (python3, py), javascript (js, node), bash (sh); default: the template's.")
     timeout: float | None = Field(None, gt=0, description="Seconds; past it the code is interrupted.")
-    envs: StringMap | None = None
+    envs: EnvMap | None = None
 
 
 class Receipt(BaseModel):

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from ..cells.manager import CellManager, LiveCell
 
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = 5.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

@@ -8,6 +8,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 from typing import Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, StrictStr, field_validator
@@ -35,6 +36,14 @@ class CreateWebhookRequest(BaseModel):
     secret: StrictStr | None = Field(
         None, description="Your own signing secret (whsec_ + base64 of 24 to 64 bytes); by default one is made."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _a_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError("must be an http or https URL with a host and no spaces")
+        return value
 
     @field_validator("secret")
     @classmethod

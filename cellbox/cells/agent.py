@@ -21,6 +21,11 @@ from ..errors import ApiError
 
 _READ_SIZE = 256 * 1024
 _MAX_IDLE = 8
+# Rich results are capped at 32 MiB by the agent; base64 and JSON framing add to that.
+MAX_LINE = 64 * 1024 * 1024
+_PARSE_IN_THREAD = 256 * 1024
+# A command's answer holds up to 2 × 10 MiB of output, which JSON escaping can grow 6×.
+MAX_ANSWER = 160 * 1024 * 1024
 CONNECT_TIMEOUT_S = 30.0
 Content = bytes | AsyncIterable[bytes] | None
 
@@ -31,7 +36,7 @@ class AgentResponse:
         self.headers = headers
         self.body = body
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+    async def read(self, limit: int = MAX_ANSWER) -> bytes:
         chunks, size = [], 0
         async for chunk in self.body:
             size += len(chunk)
@@ -184,7 +189,7 @@ class AgentClient:
         if response.status >= 400:
             raise_for(response.status, raw)
         try:
-            return jsonlib.loads(raw)
+            return await _decode(raw)
         except ValueError as exc:
             raise ApiError(502, "the cell's agent answered something that is not JSON", "agent_error") from exc
 
@@ -211,19 +216,31 @@ class AgentClient:
             await context.__aexit__(None, None, None)
 
     @contextlib.asynccontextmanager
-    async def stream_lines(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[AsyncIterator[dict]]:
-        """A streamed NDJSON answer, one JSON object per line, as the agent sends them."""
+    async def stream_lines(
+        self, method: str, path: str, max_line: int = MAX_LINE, **kwargs: Any
+    ) -> AsyncIterator[AsyncIterator[dict]]:
+        """A streamed NDJSON answer, one JSON object per line, as the agent sends them.
+
+        The agent runs with the cell's privileges, so what it sends is bounded here: a
+        line longer than ``max_line`` ends the stream with an error.
+        """
         async with self.stream(method, path, **kwargs) as response:
 
             async def lines() -> AsyncIterator[dict]:
-                pending = b""
+                pending = bytearray()
                 try:
                     async for chunk in response.body:
+                        start = len(pending)
                         pending += chunk
-                        *complete, pending = pending.split(b"\n")
-                        for line in complete:
+                        end = pending.find(b"\n", start)
+                        while end != -1:
+                            line = bytes(pending[:end])
+                            del pending[: end + 1]
                             if line:
-                                yield jsonlib.loads(line)
+                                yield await _decode(line)
+                            end = pending.find(b"\n")
+                        if len(pending) > max_line:
+                            raise ApiError(502, f"the cell's agent sent a line over {max_line} bytes", "agent_error")
                 except (OSError, h11.ProtocolError) as exc:
                     raise ApiError(502, f"the cell's agent went away mid-answer: {exc}", "agent_unreachable") from exc
 
@@ -233,6 +250,13 @@ class AgentClient:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+async def _decode(line: bytes) -> dict:
+    # A big line (a large rich result) is parsed off the event loop, which serves everyone.
+    if len(line) > _PARSE_IN_THREAD:
+        return await asyncio.to_thread(jsonlib.loads, line)
+    return jsonlib.loads(line)
 
 
 def raise_for(status: int, raw: bytes) -> None:

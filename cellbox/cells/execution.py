@@ -27,7 +27,7 @@ LANGUAGES = {
 TEMPLATE_LANGUAGES = {"python3": "python", "javascript": "javascript"}
 # A partial output line is sent after this long without its line break.
 PARTIAL_LINE_FLUSH_S = 0.05
-SSE_HEARTBEAT_S = 15.0
+SSE_HEARTBEAT_S = 5.0
 
 
 def resolve_language(requested: str | None, runtime: str) -> str:
@@ -78,8 +78,16 @@ class Execution:
                     "output_cap": self.manager.config.exec_output_cap,
                 }
                 async with agent.stream_lines("POST", "/exec", json=payload) as lines:
+                    received = 0
+                    # The agent caps each stream; a hostile one may not. Twice the caps,
+                    # plus room for markers, is the most an honest agent sends.
+                    most = 2 * self.manager.config.exec_output_cap + 64 * 1024
                     async for event in lines:
                         kind = event.get("type")
+                        if kind in ("stdout", "stderr"):
+                            received += len(event["text"])
+                            if received > most:
+                                raise ApiError(502, "the cell's agent sent more output than the caps allow", "agent_error")
                         if kind == "stdout":
                             stdout.append(event["text"])
                         elif kind == "stderr":

@@ -257,6 +257,7 @@ class CellManager:
                 )
             launch = await self.templates.launch(tenant_id, request.template)
         self._refuse_unsupported(request)
+        self._check_quota(tenant_id)
         fork = await self._fork_source(tenant_id, getattr(request, "snapshot_id", None))
         limits = self._limits(request, launch)
         now = time.time()
@@ -457,6 +458,8 @@ class CellManager:
 
     async def pause(self, tenant_id: str, cell_id: str) -> Snapshot:
         record = await self.get(tenant_id, cell_id)
+        if record.state == CellState.KILLED.value:
+            raise ApiError(404, f"cell {cell_id!r} has ended ({record.end_reason}); create a new cell", "cell_killed")
         if record.state != CellState.RUNNING.value:
             raise ApiError(409, f"cell {cell_id!r} is {record.state}; only a running cell can be paused", "cell_not_running")
         return await self._pause(self.live[cell_id], reason=REASON_REQUEST)
@@ -473,6 +476,9 @@ class CellManager:
                 await self.runtime.pause(record.id)
                 try:
                     snapshot = await self._snapshot(live, "pause")
+                except ApiError:
+                    await self.runtime.resume(record.id)  # a quota or a full disk: still running
+                    raise
                 except Exception as exc:
                     await self.runtime.resume(record.id)
                     raise ApiError(
@@ -501,9 +507,29 @@ class CellManager:
                 )
             await asyncio.sleep(0.05)
 
+    def _check_quota(self, tenant_id: str) -> None:
+        live = sum(1 for l in self.live.values() if l.record.tenant_id == tenant_id)
+        if live >= self.config.max_cells_per_key:
+            raise ApiError(
+                429, f"this API key already has {live} live cells, its limit; kill some first", "quota_exceeded",
+            )
+        self._check_disk()
+
+    def _check_disk(self) -> None:
+        free = shutil.disk_usage(self.config.data_dir).free
+        if free < self.config.min_free_disk_bytes:
+            raise ApiError(507, f"the server's disk is nearly full ({free // 2**20} MiB free); try again later", "disk_full")
+
     async def _snapshot(self, live: LiveCell, reason: str, namespace_saved: bool = False) -> Snapshot:
         """Archive a frozen cell's disk and record the verified manifest."""
         record = live.record
+        self._check_disk()
+        used = await self.store.snapshot_bytes(record.tenant_id)
+        if used >= self.config.max_snapshot_bytes_per_key:
+            raise ApiError(
+                429, f"this API key's snapshots take {used // 2**20} MiB, its limit; delete some first",
+                "quota_exceeded",
+            )
         snapshot_id = snapshots.new_snapshot_id()
         path = snapshots.archive_path(self.config.data_dir, record.id, snapshot_id)
         size, digest = await self.runtime.snapshot(record.id, path)

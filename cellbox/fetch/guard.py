@@ -79,6 +79,8 @@ def classify(address: str | IPAddress) -> tuple[str, str] | None:
         return "multicast", f"{ip} is a multicast address"
     if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
         return "unique-local", f"{ip} is a unique-local address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "private", f"{ip} is a (deprecated) site-local address"
     if ip.is_reserved:
         return "reserved", f"{ip} is a reserved address"
     if ip.is_private:

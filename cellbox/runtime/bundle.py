@@ -35,6 +35,8 @@ MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
     "/sys/firmware", "/sys/devices/virtual/powercap",
+    # Block devices name every cell's disk image (and so other cells' ids) on the host.
+    "/sys/block", "/sys/class/block", "/sys/dev/block", "/sys/devices/virtual/block",
 ]
 READONLY_PATHS = [
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
@@ -52,6 +54,8 @@ AGENT_SUPPORT_MOUNT = "/opt/cellbox"
 TEMPLATE_MOUNT = "/opt/template"
 TEMPLATE_BUILD_MOUNT = "/opt/build"
 AGENT_LISTEN_FD = 3
+CELL_MSGQUEUE_BYTES = 819200
+CELL_SIGPENDING = 8192
 
 CELL_PATH = "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -158,11 +162,14 @@ def build_config(
         env["PATH"] = f"{TEMPLATE_MOUNT}/python/bin:{TEMPLATE_MOUNT}/node_modules/.bin:{CELL_PATH}"
         env["PYTHONPATH"] = f"{TEMPLATE_MOUNT}/python"
         env["NODE_PATH"] = f"{TEMPLATE_MOUNT}/node_modules"
-    env.update(spec.envs)
+    # The cell's own variables are not the agent's: they could steer the agent itself
+    # (LD_PRELOAD...). The server gives them with every command, execution and terminal.
     env["CELLBOX_AGENT_LISTEN_FD"] = str(AGENT_LISTEN_FD)
     if spec.workdir:
         env["CELLBOX_AGENT_WORKDIR"] = spec.workdir
     memory = limits.memory_mb * 1024 * 1024
+    # At least 1 % of a CPU: a quota that rounds to 0 would mean no limit at all.
+    cpu_quota = max(1000, round(limits.cpu_count * 100_000))
     # A cell cannot raise a limit above the host's own hard limit.
     nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     mounts: list[dict[str, Any]] = [
@@ -203,7 +210,7 @@ def build_config(
         "resources": {
             "devices": [{"allow": False, "access": "rwm"}],
             "memory": {"limit": memory, "swap": memory},
-            "cpu": {"quota": int(limits.cpu_count * 100_000), "period": 100_000},
+            "cpu": {"quota": cpu_quota, "period": 100_000},
             "pids": {"limit": limits.pids},
         },
     }
@@ -233,7 +240,12 @@ def build_config(
                 "permitted": [],
                 "ambient": [],
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile},
+                # Counted per user of the cell's own namespace, so these are per cell.
+                {"type": "RLIMIT_MSGQUEUE", "hard": CELL_MSGQUEUE_BYTES, "soft": CELL_MSGQUEUE_BYTES},
+                {"type": "RLIMIT_SIGPENDING", "hard": CELL_SIGPENDING, "soft": CELL_SIGPENDING},
+            ],
             "noNewPrivileges": True,
         },
         "root": {"path": str(root), "readonly": True},

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import socket
 import time
@@ -110,6 +111,8 @@ class OciRuntime:
 
     def prepare(self) -> None:
         """Create the shared root skeleton and publish the agent's code. Runs once at start."""
+        if self.user_namespace:
+            share_kernel_limits()
         for directory in (self.state_root, self.cells_dir):
             directory.mkdir(parents=True, exist_ok=True)
         bundle.prepare_root_skeleton(self.root)
@@ -173,6 +176,8 @@ class OciRuntime:
             listener.bind(str(self.agent_socket(spec.cell_id)))
             listener.listen(128)
             await self._run_detached(spec.cell_id, cell_dir, listener.fileno())
+            if self.user_namespace:
+                await self._limit_namespace(cell_dir)
         finally:
             # The agent holds its own copy; connections queue until it accepts.
             listener.close()
@@ -201,6 +206,16 @@ class OciRuntime:
                 raise CellRuntimeError(f"{self.name} did not start the cell within {_COMMAND_TIMEOUT_S} s")
         if code != 0:
             raise CellRuntimeError(f"{self.name} could not start the cell: {tail(log_path)}")
+
+    async def _limit_namespace(self, cell_dir: Path) -> None:
+        """Cap what the cell's user namespace may take of limits it shares with host root.
+
+        Cells' namespaces belong to root, and the kernel charges inotify and namespace
+        counts to the owner too: without a cap, one cell could use them all up.
+        """
+        pid = (cell_dir / "pid").read_text().strip()
+        writes = "; ".join(f"echo {value} > /proc/sys/user/{name}" for name, value in NAMESPACE_LIMITS.items())
+        await run("nsenter", "--user", "--target", pid, "--", "/bin/sh", "-c", writes)
 
     async def destroy(self, cell_id: str) -> None:
         cell_dir = self.cell_dir(cell_id)
@@ -243,6 +258,46 @@ class OciRuntime:
 
     def startup_log(self, cell_id: str) -> str:
         return tail(self.cell_dir(cell_id) / "agent.log")
+
+
+# Per cell, inside its user namespace. New namespaces are denied by seccomp already;
+# these zeros hold even if a filter were bypassed.
+NAMESPACE_LIMITS = {
+    "max_inotify_instances": 128,
+    "max_inotify_watches": 16384,
+    "max_user_namespaces": 0,
+    "max_mnt_namespaces": 0,
+    "max_net_namespaces": 0,
+    "max_pid_namespaces": 0,
+    "max_ipc_namespaces": 0,
+    "max_uts_namespaces": 0,
+    "max_cgroup_namespaces": 0,
+}
+# Host-wide floors for root, whose allowance every cell's namespace also draws from.
+HOST_INOTIFY_FLOORS = {"max_user_instances": 65536, "max_user_watches": 4194304}
+
+
+def share_kernel_limits() -> None:
+    """Give root (the owner of every cell's namespace) room for many cells' shares.
+
+    Raises host settings only when they are lower, and says so in the log: inotify
+    counts, and the message-queue and pending-signal rlimits runc's children inherit.
+    """
+    for name, floor in HOST_INOTIFY_FLOORS.items():
+        path = Path("/proc/sys/fs/inotify") / name
+        try:
+            if int(path.read_text()) < floor:
+                path.write_text(str(floor))
+                log.warning("raised fs.inotify.%s to %d so that cells cannot exhaust root's share", name, floor)
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise fs.inotify.%s: %s", name, exc)
+    for limit, floor in ((resource.RLIMIT_MSGQUEUE, 1 << 30), (resource.RLIMIT_SIGPENDING, 1 << 20)):
+        soft, hard = resource.getrlimit(limit)
+        if hard != resource.RLIM_INFINITY and hard < floor:
+            try:
+                resource.setrlimit(limit, (floor, floor))
+            except (OSError, ValueError) as exc:
+                log.warning("could not raise rlimit %s: %s", limit, exc)
 
 
 def tail(path: Path, size: int = 4000) -> str:

@@ -168,7 +168,9 @@ class Builder:
         npm = shutil.which("npm")
         if npm is None:
             raise BuildFailed("npm is not installed on the server (on Debian: apt-get install npm)")
-        env = {**os.environ, "npm_config_update_notifier": "false"}
+        # The server's own secrets (CELLBOX_API_KEY...) are none of npm's business.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELLBOX_")}
+        env["npm_config_update_notifier"] = "false"
         argv = [
             npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--no-save",
             "--prefix", str(layer), "--cache", str(work / "npm-cache"), *self.settings.npm_args, "--", *packages,

@@ -80,6 +80,7 @@ async def run_isolated(
         user_namespace=runtime.user_namespace,
     )
     config["process"]["args"] = argv
+    config["process"]["env"] += [f"{k}={v}" for k, v in env.items()]  # ours, not a user's
     config["process"]["cwd"] = "/tmp"
     for destination, source, writable in binds:
         config["mounts"].append(

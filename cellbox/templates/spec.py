@@ -191,7 +191,17 @@ def check_files(files: list[Any], max_bytes: int) -> list[FileEntry]:
         total += len(data)
         if total > max_bytes:
             raise bad_request(f"files: more than {max_bytes} bytes in all; put large data in the cell at run time")
+        parts = path.strip("/").split("/")
+        if len(parts) > 32 or any(len(part.encode()) > 255 for part in parts):
+            raise bad_request(f"files: {item.path!r} is too deep or has a name over 255 bytes")
         entries[path] = FileEntry(path, data, _mode(item.mode, item.path))
+    # A path cannot be a file and also the directory of another file.
+    for path in entries:
+        parent = path.rsplit("/", 1)[0]
+        while parent and parent not in WRITABLE_ROOTS:
+            if parent in entries:
+                raise bad_request(f"files: {parent!r} is a file, so it cannot also hold {path!r}")
+            parent = parent.rsplit("/", 1)[0]
     return list(entries.values())
 
 

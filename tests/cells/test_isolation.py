@@ -130,3 +130,44 @@ def test_each_cell_has_its_own_range_of_host_ids(api, cells):
     first, second = cells()["cell_id"], cells(memory_mb=256)["cell_id"]
     ranges = {sh(api, c, "cat /proc/self/uid_map")["stdout"].split()[1] for c in (first, second)}
     assert len(ranges) == 2, "two cells must not share host uids"
+
+
+def test_one_cell_cannot_use_up_inotify_for_the_others(api, cells):
+    greedy, other = cells()["cell_id"], cells()["cell_id"]
+    hog = (
+        "python3 -c \"import ctypes, time; l = ctypes.CDLL(None)\n"
+        "n = sum(1 for _ in range(100000) if l.inotify_init1(0) >= 0); print(n, flush=True); time.sleep(30)\" &"
+        " sleep 2"
+    )
+    api.post(f"/v1/cells/{greedy}/cmd", json={"command": hog, "timeout": 10})
+    count = "python3 -c \"import ctypes; l = ctypes.CDLL(None); print(sum(1 for _ in range(50) if l.inotify_init1(0) >= 0))\""
+    assert sh(api, other, count)["stdout"] == "50\n"
+
+
+def test_block_devices_of_other_cells_are_not_visible(api, cell):
+    body = sh(api, cell["cell_id"], "cat /sys/block/loop*/loop/backing_file 2>/dev/null | wc -l")
+    assert body["stdout"].strip() == "0"
+
+
+def test_a_tiny_cpu_share_is_still_a_limit(api, cells):
+    cell_id = cells(cpu_count=0.01)["cell_id"]
+    quota_files = [Path(f"/sys/fs/cgroup/cpu/cellbox/{cell_id}/cpu.cfs_quota_us"), Path(f"/sys/fs/cgroup/cellbox/{cell_id}/cpu.max")]
+    (quota,) = [f.read_text().split()[0] for f in quota_files if f.exists()]
+    assert quota == "1000"
+    assert api.post("/v1/cells", json={"cpu_count": 0.000001}).status_code == 400
+
+
+def test_a_cells_variables_never_reach_its_agent(server, api, cells):
+    cell_id = cells(envs={"LD_PRELOAD": "/data/evil.so", "VISIBLE": "yes"}, memory_mb=300)["cell_id"]
+    agent_pid = (server.data_dir / "cells" / cell_id / "pid").read_text().strip()
+    agent_env = Path(f"/proc/{agent_pid}/environ").read_bytes().split(b"\0")
+    assert not any(v.startswith((b"LD_PRELOAD=", b"VISIBLE=")) for v in agent_env)
+    assert sh(api, cell_id, "echo $VISIBLE")["stdout"] == "yes\n"
+
+
+def test_variables_with_nul_or_bad_names_are_refused(api, cell):
+    assert api.post("/v1/cells", json={"envs": {"A=B": "x"}}).status_code == 400
+    assert api.post("/v1/cells", json={"envs": {"A": "x\u0000y"}}).status_code == 400
+    assert api.patch(f"/v1/cells/{cell['cell_id']}/envs", json={"": "x"}).status_code == 400
+    response = api.post(f"/v1/cells/{cell['cell_id']}/cmd", json={"command": "true", "envs": {"A": "\u0000"}})
+    assert response.status_code == 400 and "NUL" in response.json()["error"]

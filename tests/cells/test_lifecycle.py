@@ -236,3 +236,13 @@ def test_openapi_document_and_docs_are_served(server):
 def test_health_reports_the_runtime_and_store(server):
     body = httpx.get(server.url + "/v1/health").json()
     assert body["runtime"]["ok"] is True and body["store"]["ok"] is True
+
+
+def test_an_api_key_has_a_limit_of_live_cells(make_server):
+    server = make_server(extra_env={"CELLBOX_MAX_CELLS_PER_KEY": "2", "CELLBOX_POOL_SIZE": "0"})
+    with server.client() as api:
+        ids = [api.post("/v1/cells", json={}).json()["cell_id"] for _ in range(2)]
+        refused = api.post("/v1/cells", json={})
+        assert refused.status_code == 429 and "limit" in refused.json()["error"]
+        api.delete(f"/v1/cells/{ids[0]}")
+        assert api.post("/v1/cells", json={}).status_code == 201

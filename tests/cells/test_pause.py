@@ -11,6 +11,16 @@ from synapse.cell import Cell
 from tests.conftest import runc_state, sh
 
 
+# Waits for the cell's own web server to be up, then fetches its page.
+FETCH_PAGE = (
+    "python3 -c \"import urllib.request, time\n"
+    "for _ in range(100):\n"
+    "    try:\n"
+    "        print(urllib.request.urlopen('http://127.0.0.1:8080/page.html').read().decode().strip()); break\n"
+    "    except OSError: time.sleep(0.05)\""
+)
+
+
 def run(api, cell_id, code):
     body = api.post(f"/v1/cells/{cell_id}/exec", json={"code": code}).json()
     assert "exit_code" in body, body
@@ -32,6 +42,7 @@ def test_pause_freezes_the_cell_and_resume_keeps_variables_and_servers(server, a
     run(api, cell_id, "kept = {'answer': 42}")
     api.post(f"/v1/cells/{cell_id}/cmd", json={"command": "echo served > page.html; python3 -m http.server 8080 --bind 127.0.0.1", "background": True})
     api.post(f"/v1/cells/{cell_id}/cmd", json={"command": "while :; do :; done", "background": True})
+    assert sh(api, cell_id, FETCH_PAGE)["stdout"] == "served\n"  # the server is up before the pause
     body = api.post(f"/v1/cells/{cell_id}/pause").json()
     assert body["snapshot_id"].startswith("snap_")
     assert api.get(f"/v1/cells/{cell_id}").json()["state"] == "paused"
@@ -42,8 +53,7 @@ def test_pause_freezes_the_cell_and_resume_keeps_variables_and_servers(server, a
     resumed = api.post(f"/v1/cells/{cell_id}/resume").json()
     assert resumed["restored"]["from"] == "memory" and resumed["cell"]["state"] == "running"
     assert run(api, cell_id, "print(kept['answer'])")["stdout"] == "42\n"
-    fetch = "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/page.html').read().decode().strip())\""
-    assert sh(api, cell_id, fetch)["stdout"] == "served\n"
+    assert sh(api, cell_id, "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/page.html', timeout=5).read().decode().strip())\"")["stdout"] == "served\n"
 
 
 def test_work_on_a_paused_cell_is_refused_with_a_hint_to_resume(api, cells):

@@ -42,6 +42,7 @@ def check(url: str, allow_private: bool = False, **policy: list[str]):
         ("169.254.1.1", "link-local"), ("fe80::1", "link-local"), ("fc00::1", "unique-local"),
         ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
         ("100.64.0.1", "non-public"), ("240.0.0.1", "reserved"), ("64:ff9b::a00:1", "private"),
+        ("fec0::1", "private"),
     ],
 )
 def test_non_public_addresses_are_classified_by_kind(address, kind):

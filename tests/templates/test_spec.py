@@ -64,3 +64,15 @@ def test_users_that_name_the_cell_user_are_accepted(user: str | None, result: st
 def test_users_that_cannot_be_honoured_are_refused(user: str) -> None:
     with pytest.raises(ApiError, match="cannot be honoured"):
         check_user(user)
+
+
+def test_a_file_cannot_also_be_the_directory_of_another():
+    import pytest
+
+    from cellbox.errors import ApiError
+    from cellbox.templates.spec import check_files
+
+    with pytest.raises(ApiError, match="cannot also hold"):
+        check_files([{"path": "a", "content": "x"}, {"path": "a/b", "content": "y"}], 1 << 20)
+    with pytest.raises(ApiError, match="255 bytes"):
+        check_files([{"path": "x" * 300, "content": "x"}], 1 << 20)
