@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Server, destroy_everything
+from tests.conftest import Server, serving
 
 # Short enough for tests to see retries in seconds.
 WEBHOOK_ENV = {
@@ -83,18 +78,9 @@ def receiver() -> Iterator[Receiver]:
         r.close()
 
 
-@contextlib.contextmanager
-def server_with(env: dict[str, str]) -> Iterator[Server]:
+def server_with(env: dict[str, str]):
     """A server with these settings for a whole module (``make_server`` is per test)."""
-    top = Path(tempfile.mkdtemp(prefix="cellbox-module-"))
-    os.chmod(top, 0o755)
-    server = Server(top / "data", "cell_sk_live_" + os.urandom(12).hex(), env)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        destroy_everything(server.data_dir)
-        shutil.rmtree(top, ignore_errors=True)
+    return serving("cellbox-module-", env)
 
 
 @pytest.fixture(scope="module")
