@@ -44,12 +44,16 @@ def main() -> None:
     from tests.conftest import serving
 
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(serving("cellbox-density-", {"CELLBOX_POOL_SIZE": "0"}))
+        server = stack.enter_context(serving(
+            "cellbox-density-", {"CELLBOX_POOL_SIZE": "0", "CELLBOX_MAX_CELLS_PER_KEY": str(args.n + 10)}
+        ))
         client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=120)
         cells = []
         started = time.monotonic()
         for _ in range(args.n):
-            cell_id = client.post("/v1/cells", json={}).json()["cell_id"]
+            response = client.post("/v1/cells", json={})
+            assert response.status_code == 201, response.text
+            cell_id = response.json()["cell_id"]
             client.post(f"/v1/cells/{cell_id}/exec", json={"code": "1"})
             cells.append(cell_id)
         elapsed = time.monotonic() - started
