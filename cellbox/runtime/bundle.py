@@ -54,8 +54,6 @@ AGENT_SUPPORT_MOUNT = "/opt/cellbox"
 TEMPLATE_MOUNT = "/opt/template"
 TEMPLATE_BUILD_MOUNT = "/opt/build"
 AGENT_LISTEN_FD = 3
-CELL_MSGQUEUE_BYTES = 819200
-CELL_SIGPENDING = 8192
 
 CELL_PATH = "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -72,6 +70,16 @@ def base_env() -> dict[str, str]:
         "TERM": "xterm-256color",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def cell_share(limit: int, most: int) -> int:
+    """One cell's part of a limit that all cells' namespaces also charge to root.
+
+    Root's own limit bounds them all together, so a cell gets at most a sixteenth of
+    it (and never more than ``most``): one cell cannot use it all up.
+    """
+    hard = resource.getrlimit(limit)[1]
+    return most if hard == resource.RLIM_INFINITY else max(1, min(most, hard // 16))
 
 
 def _bind(destination: str, source: str, *, readonly: bool = True, extra: tuple[str, ...] = ()) -> dict:
@@ -172,6 +180,7 @@ def build_config(
     cpu_quota = max(1000, round(limits.cpu_count * 100_000))
     # A cell cannot raise a limit above the host's own hard limit.
     nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    msgqueue, sigpending = cell_share(resource.RLIMIT_MSGQUEUE, 819200), cell_share(resource.RLIMIT_SIGPENDING, 8192)
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -243,8 +252,8 @@ def build_config(
             "rlimits": [
                 {"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile},
                 # Counted per user of the cell's own namespace, so these are per cell.
-                {"type": "RLIMIT_MSGQUEUE", "hard": CELL_MSGQUEUE_BYTES, "soft": CELL_MSGQUEUE_BYTES},
-                {"type": "RLIMIT_SIGPENDING", "hard": CELL_SIGPENDING, "soft": CELL_SIGPENDING},
+                {"type": "RLIMIT_MSGQUEUE", "hard": msgqueue, "soft": msgqueue},
+                {"type": "RLIMIT_SIGPENDING", "hard": sigpending, "soft": sigpending},
             ],
             "noNewPrivileges": True,
         },
