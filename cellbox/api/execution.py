@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..cells.execution import Execution, resolve_language, sse_events
+from ..cells.manager import LiveCell
 from ..errors import bad_request
 from .cells import manager
 from .deps import tenant
@@ -25,11 +26,36 @@ async def _start(request: Request, cell_id: str, body: ExecRequest, tenant_id: s
         raise bad_request(f"timeout {timeout:g} s is above this server's maximum of {config.max_exec_timeout_s:g} s")
     live = await cells.running(tenant_id, cell_id)
     language = resolve_language(body.language, await cells.runtime_of(live))
-    return Execution(
+    envs = {**live.record.envs, **(body.envs or {})}
+    if not streaming:
+        twin = await _abandoned_twin(live, body.code, language, envs)
+        if twin is not None:
+            twin.requester = request
+            return twin
+    execution = Execution(
         cells, request.app.state.notary, live,
-        code=body.code, language=language, timeout=timeout,
-        envs={**live.record.envs, **(body.envs or {})}, streaming=streaming,
+        code=body.code, language=language, timeout=timeout, envs=envs, streaming=streaming,
     )
+    if not streaming:
+        execution.requester = request
+        live.blocking.add(execution)
+        execution.task.add_done_callback(lambda _: live.blocking.discard(execution))
+    return execution
+
+
+async def _abandoned_twin(live: LiveCell, code: str, language: str, envs: dict[str, str]) -> Execution | None:
+    """The same code still running for a caller that has gone: that caller's retry.
+
+    The published client re-sends a blocking request when its own timeout passes. Such
+    a retry waits for the first run's answer instead of running the code a second time.
+    """
+    for execution in list(live.blocking):
+        if (execution.code, execution.language, execution.envs) != (code, language, envs):
+            continue
+        requester = execution.requester
+        if not execution.task.done() and requester is not None and await requester.is_disconnected():
+            return execution
+    return None
 
 
 @router.post("/v1/cells/{cell_id}/exec", response_model=ExecResult)

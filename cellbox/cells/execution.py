@@ -53,6 +53,8 @@ class Execution:
         self.timeout = timeout
         self.envs = envs
         self.started = time.monotonic()
+        # The request waiting for a blocking answer (a retry of it may take its place).
+        self.requester: Any = None
         self.streaming = streaming
         # Bounded by the agent's output caps; filled only when someone streams.
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

@@ -57,6 +57,8 @@ class LiveCell:
     pausing: bool = False
     dirty: bool = False
     template_runtime: str | None = None
+    # Blocking executions in progress (see api/execution.py: a client's retry joins one).
+    blocking: set = field(default_factory=set)
 
 
 class CellManager:

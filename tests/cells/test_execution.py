@@ -245,3 +245,31 @@ def test_published_client_javascript_cell_and_e2b_sandbox(server):
         assert failed.error is not None and "KeyError" in failed.error.value
     finally:
         sandbox.kill()
+
+
+def test_a_retry_of_a_blocking_execution_whose_caller_left_waits_for_the_same_run(server, api, cell):
+    cell_id = cell["cell_id"]
+    code = "import time\nopen('/data/runs', 'a').write('x')\ntime.sleep(3)\nprint('done')"
+    with server.client() as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.post(f"/v1/cells/{cell_id}/exec", json={"code": code}, timeout=1)
+    # What the published client does after its timeout: the same request again.
+    body = run(api, cell_id, code)
+    assert body["stdout"] == "done\n"
+    assert run(api, cell_id, "print(open('/data/runs').read())")["stdout"] == "x\n", "the code ran once"
+
+
+def test_identical_executions_from_callers_still_waiting_each_run(server, api, cell):
+    cell_id = cell["cell_id"]
+    code = "import time\nopen('/data/both', 'a').write('x')\ntime.sleep(0.5)"
+
+    def call():
+        with server.client() as client:
+            assert client.post(f"/v1/cells/{cell_id}/exec", json={"code": code}).status_code == 200
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert run(api, cell_id, "print(open('/data/both').read())")["stdout"] == "xx\n"
