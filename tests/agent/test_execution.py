@@ -242,10 +242,14 @@ def test_kernel_exit_is_reported_and_next_execution_gets_a_fresh_kernel(agent):
 def test_kernel_dying_between_executions_is_reported_on_the_next(agent):
     ok(agent, "import os, threading\nthreading.Timer(0.1, os._exit, (5,)).start()")
     time.sleep(0.5)
-    events, end = ok(agent, "print('again')")
+    events, end = run(agent, "print('again')")
     assert text(events).endswith("again\n")
     assert "died since the last execution" in text(events, "stderr")
     assert end["state_lost"] is True and end["kernel_restarted"] is True
+    # The code ran fine; the answer that found the kernel dead says so in ``error``.
+    assert end["exit_code"] == 0 and end["error"]["name"] == "KernelDied"
+    _, after = ok(agent, "print('and on')")
+    assert after["error"] is None
 
 
 def test_output_beyond_the_cap_is_dropped_with_a_marker(agent):

@@ -648,6 +648,8 @@ class Slot:
         notes: list[str] = []
         state_lost = False
         kernel_restarted = False
+        # Set when this execution found its kernel dead: the answer says so in ``error``.
+        died_before: str | None = None
         end = end_event()
 
         def note(text: str) -> None:
@@ -664,6 +666,7 @@ class Slot:
                     f"the {self.language} kernel had died since the last execution "
                     f"({_describe_exit(kernel.child.returncode)}); it was restarted and earlier state was lost"
                 )
+                died_before = notes[-1]
             kernel.close()
             self._set_kernel(None)
             kernel = None
@@ -732,6 +735,9 @@ class Slot:
         if run.killed or run.died or not kernel.alive:
             kernel.close()
             self._set_kernel(None)
+        if error is None and died_before is not None:
+            # The code itself ran fine (exit code 0); the death is news all the same.
+            error = {"name": "KernelDied", "value": died_before, "traceback": ""}
 
         end.update(
             exit_code=exit_code,
