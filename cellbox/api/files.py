@@ -22,10 +22,7 @@ PathQuery = Query(..., description="Relative to /data, or absolute inside the ce
 
 
 async def _call(request: Request, tenant_id: str, cell_id: str, method: str, path: str, **kwargs) -> dict:
-    cells = manager(request)
-    live = await cells.running(tenant_id, cell_id)
-    cells.touch(live)
-    return await live.agent.request(method, path, **kwargs)
+    return await manager(request).call_agent(tenant_id, cell_id, method, path, **kwargs)
 
 
 @router.post("/{cell_id}/files", response_model=EntryInfo)

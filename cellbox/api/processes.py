@@ -31,10 +31,7 @@ def _check_id(request: Request) -> None:
 
 async def _call(request: Request, tenant_id: str, cell_id: str, method: str, path: str, **kwargs) -> dict:
     _check_id(request)
-    cells = manager(request)
-    live = await cells.running(tenant_id, cell_id)
-    cells.touch(live)
-    return await live.agent.request(method, path, **kwargs)
+    return await manager(request).call_agent(tenant_id, cell_id, method, path, **kwargs)
 
 
 @router.get("/{cell_id}/processes", response_model=list[ProcessInfo])

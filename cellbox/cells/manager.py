@@ -443,6 +443,12 @@ class CellManager:
             live.inflight -= 0 if stream else 1
             self.touch(live)
 
+    async def call_agent(self, tenant_id: str, cell_id: str, method: str, path: str, **kwargs: Any) -> Any:
+        """One short call to a running cell's agent, counted as activity."""
+        live = await self.running(tenant_id, cell_id)
+        self.touch(live)
+        return await live.agent.request(method, path, **kwargs)
+
     async def set_timeout(self, tenant_id: str, cell_id: str, seconds: float) -> Cell:
         live = await self.running(tenant_id, cell_id)
         live.record.timeout_s = seconds
