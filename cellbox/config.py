@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .runtime import Limits
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"CELLBOX_{name}", default)
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _flag(name: str) -> bool:
-    return _env(name, "").strip().lower() in ("1", "true", "yes", "on")
+# How a setting's environment variable is read, by the field's (string) annotation.
+# Fields of other types (the limits) are not read from the environment.
+_PARSERS = {"str": str, "str | None": str, "int": int, "float": float, "Path": Path, "bool": _flag}
+# Every setting is CELLBOX_<FIELD NAME>, except these.
+_ENV_NAMES = {"bootstrap_api_key": "CELLBOX_API_KEY"}
+
+
+def env_name(setting: str) -> str:
+    return _ENV_NAMES.get(setting, f"CELLBOX_{setting.upper()}")
 
 
 @dataclass
@@ -78,42 +85,18 @@ class Config:
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Config":
-        config = cls(
-            host=_env("HOST", cls.host),
-            port=int(_env("PORT", str(cls.port))),
-            data_dir=Path(_env("DATA_DIR", str(cls.data_dir))),
-            database_url=os.environ.get("CELLBOX_DATABASE_URL"),
-            runtime=_env("RUNTIME", cls.runtime),
-            agent_python=_env("AGENT_PYTHON", cls.agent_python),
-            seccomp_profile=os.environ.get("CELLBOX_SECCOMP_PROFILE"),
-            retention_s=float(_env("RETENTION_S", str(cls.retention_s))),
-            max_body_bytes=int(_env("MAX_BODY_BYTES", str(cls.max_body_bytes))),
-            bootstrap_api_key=os.environ.get("CELLBOX_API_KEY"),
-            fetch_allow_private=_flag("FETCH_ALLOW_PRIVATE"),
-            fetch_max_bytes=int(_env("FETCH_MAX_BYTES", str(cls.fetch_max_bytes))),
-            fetch_max_redirects=int(_env("FETCH_MAX_REDIRECTS", str(cls.fetch_max_redirects))),
-            fetch_max_timeout_s=float(_env("FETCH_MAX_TIMEOUT_S", str(cls.fetch_max_timeout_s))),
-            events_heartbeat_s=float(_env("EVENTS_HEARTBEAT_S", str(cls.events_heartbeat_s))),
-            webhook_allow_private=_flag("WEBHOOK_ALLOW_PRIVATE"),
-            webhook_retry_base_s=float(_env("WEBHOOK_RETRY_BASE_S", str(cls.webhook_retry_base_s))),
-            webhook_max_attempts=int(_env("WEBHOOK_MAX_ATTEMPTS", str(cls.webhook_max_attempts))),
-            webhook_timeout_s=float(_env("WEBHOOK_TIMEOUT_S", str(cls.webhook_timeout_s))),
-            webhook_concurrency=int(_env("WEBHOOK_CONCURRENCY", str(cls.webhook_concurrency))),
-            template_pip_args=_env("TEMPLATE_PIP_ARGS", cls.template_pip_args),
-            template_npm_args=_env("TEMPLATE_NPM_ARGS", cls.template_npm_args),
-            template_build_timeout_s=float(_env("TEMPLATE_BUILD_TIMEOUT_S", str(cls.template_build_timeout_s))),
-            template_build_memory_mb=int(_env("TEMPLATE_BUILD_MEMORY_MB", str(cls.template_build_memory_mb))),
-            template_builds_at_once=int(_env("TEMPLATE_BUILDS_AT_ONCE", str(cls.template_builds_at_once))),
-            template_files_max_bytes=int(_env("TEMPLATE_FILES_MAX_BYTES", str(cls.template_files_max_bytes))),
-            template_ready_timeout_s=float(_env("TEMPLATE_READY_TIMEOUT_S", str(cls.template_ready_timeout_s))),
-            exec_timeout_s=float(_env("EXEC_TIMEOUT_S", str(cls.exec_timeout_s))),
-            pool_size=int(_env("POOL_SIZE", str(cls.pool_size))),
-            max_cells_per_key=int(_env("MAX_CELLS_PER_KEY", str(cls.max_cells_per_key))),
-            max_snapshot_bytes_per_key=int(_env("MAX_SNAPSHOT_BYTES_PER_KEY", str(cls.max_snapshot_bytes_per_key))),
-            min_free_disk_bytes=int(_env("MIN_FREE_DISK_BYTES", str(cls.min_free_disk_bytes))),
-            exec_output_cap=int(_env("EXEC_OUTPUT_CAP", str(cls.exec_output_cap))),
-            evict_after_s=float(_env("EVICT_AFTER_S", str(cls.evict_after_s))),
-        )
+        """Defaults, then CELLBOX_* variables, then the command line's ``overrides``."""
+        values: dict[str, object] = {}
+        for setting in fields(cls):
+            parse = _PARSERS.get(str(setting.type))
+            raw = os.environ.get(env_name(setting.name))
+            if parse is None or raw is None:
+                continue
+            try:
+                values[setting.name] = parse(raw)
+            except ValueError:
+                raise ValueError(f"{env_name(setting.name)}={raw!r} is not a valid {setting.type}") from None
+        config = cls(**values)  # type: ignore[arg-type]
         for name, value in overrides.items():
             if value is not None:
                 setattr(config, name, value)
