@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import AsyncIterator
-
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -14,6 +11,7 @@ from ..errors import bad_request
 from .cells import manager
 from .deps import tenant
 from .schemas import ErrorBody, ExecRequest, ExecResult, PublicKey, Receipt
+from .streams import sse_response
 
 router = APIRouter(tags=["execution"], responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 
@@ -76,18 +74,7 @@ async def execute(request: Request, cell_id: str, body: ExecRequest, tenant_id: 
 async def execute_stream(request: Request, cell_id: str, body: ExecRequest, tenant_id: str = Depends(tenant)) -> StreamingResponse:
     """Stream output as it is produced: one event per output line, ``result`` last."""
     execution = await _start(request, cell_id, body, tenant_id, streaming=True)
-
-    async def frames() -> AsyncIterator[str]:
-        async for event in sse_events(execution):
-            if event is None:
-                yield ": keep-alive\n\n"
-            else:
-                yield f"data: {json.dumps(event)}\n\n"
-
-    return StreamingResponse(
-        frames(), media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(sse_events(execution))
 
 
 @router.get("/v1/receipts/public-key", response_model=PublicKey)

@@ -4,7 +4,6 @@ relative ones under /data, absolute ones from the cell's root, never the host's.
 from __future__ import annotations
 
 import posixpath
-from typing import AsyncIterator
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,7 +13,7 @@ from ..errors import ApiError
 from .cells import manager
 from .deps import tenant
 from .schemas import EntryInfo, ErrorBody, ExistsResponse, FileContent, FileList, MkdirRequest, RenameRequest, WriteFileRequest
-from .streams import open_sse
+from .streams import held_open, open_sse
 
 router = APIRouter(prefix="/v1/cells", tags=["files"], responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 
@@ -109,20 +108,12 @@ async def download(request: Request, cell_id: str, path: str = PathQuery, tenant
     live = await cells.running(tenant_id, cell_id)
     context = live.agent.stream("GET", "/files/raw", params={"path": path})
     response = await context.__aenter__()
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async with cells.activity(live, stream=True):
-                async for chunk in response.body:
-                    yield chunk
-        finally:
-            await context.__aexit__(None, None, None)
-
     name = posixpath.basename(path.rstrip("/")) or "download"
     headers = {"content-disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}"}
     if "content-length" in response.headers:
         headers["content-length"] = response.headers["content-length"]
-    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+    body = held_open(cells, live, context, response.body)
+    return StreamingResponse(body, media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/{cell_id}/files/watch", response_class=StreamingResponse)
