@@ -32,6 +32,7 @@ from .kernels import (
     DEFAULT_OUTPUT_CAP,
     DEFAULT_RESULTS_CAP,
     DEFAULT_TIMEOUT_S,
+    KernelStartError,
     ENV_NAME,
     end_event,
     LANGUAGE_ALIASES,
@@ -191,6 +192,17 @@ def interrupt(request: Request) -> Response:
 @router.route("GET", "/kernels")
 def list_kernels(request: Request) -> Response:
     return json_response({"kernels": manager.list()})
+
+
+@router.route("POST", "/kernels/{language}")
+def start_kernel(request: Request) -> Response:
+    """Start a kernel now, so that the first execution does not wait for it."""
+    language = _language({"language": request.params["language"]})
+    try:
+        kernel = manager.slot(language).start(timeout=DEFAULT_TIMEOUT_S)
+    except KernelStartError as exc:
+        raise HTTPError(500, f"the {language} kernel did not start: {exc}", "kernel_start_failed") from exc
+    return json_response({"language": language, "kernel": kernel})
 
 
 @router.route("DELETE", "/kernels/{language}")

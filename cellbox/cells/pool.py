@@ -85,9 +85,7 @@ class WarmPool:
         try:
             await agent.request("GET", "/health", timeout=15)
             # Start the Python kernel now, so the first execution does not wait for it.
-            async with agent.stream_lines("POST", "/exec", json={"code": "", "language": "python"}) as lines:
-                async for _ in lines:
-                    pass
+            await agent.request("POST", "/kernels/python", timeout=30)
         except BaseException:
             await agent.close()
             await self.runtime.destroy(cell_id)

@@ -618,3 +618,10 @@ def test_streamed_response_is_chunked_ndjson(agent):
         "state_lost", "kernel_restarted", "truncated", "duration_ms",
     }
 
+
+
+def test_a_kernel_started_ahead_counts_no_execution(agent):
+    body = agent.post("/kernels/python").json()
+    assert body["kernel"]["pid"] and body["kernel"]["execution_count"] == 0
+    _, end = ok(agent, "1")
+    assert end["execution_count"] == 1 and end["kernel_restarted"] is False

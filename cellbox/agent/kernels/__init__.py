@@ -590,6 +590,20 @@ class Slot:
         kernel.interrupt()
         return True
 
+    def start(self, timeout: float) -> dict | None:
+        """Start the kernel ahead of its first execution (a warm cell); no execution counted."""
+        if not self.lock.acquire(timeout=timeout):
+            return self.describe()  # busy: it is started already
+        try:
+            if self.kernel is None or not self.kernel.alive:
+                if self.kernel is not None:
+                    self.kernel.close()
+                self._set_kernel(Kernel(self.language))
+                self._started_before = True
+        finally:
+            self.lock.release()
+        return self.describe()
+
     def shutdown(self) -> bool:
         """Kill the kernel; the next execution starts a fresh one."""
         with self._state:
