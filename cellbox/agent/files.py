@@ -240,7 +240,8 @@ def read_file(request: Request) -> Response:
         except UnicodeDecodeError:
             if encoding == "utf-8":
                 raise HTTPError(
-                    400, f"{path} is not valid UTF-8 text; ask for encoding=base64", "not_text"
+                    400, f"{path} is not valid UTF-8 text; read it with encoding=base64, or download its bytes",
+                    "not_text"
                 ) from None
     return json_response({"content": base64.b64encode(data).decode("ascii"), "encoding": "base64"})
 

@@ -9,7 +9,6 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import ApiError
 from .cells import manager
 from .deps import tenant
 from .schemas import EntryInfo, ErrorBody, ExistsResponse, FileContent, FileList, MkdirRequest, RenameRequest, WriteFileRequest
@@ -36,16 +35,10 @@ async def read_file(
     encoding: str | None = Query(None, description="base64 to read binary content"),
     tenant_id: str = Depends(tenant),
 ) -> dict:
-    params = {"path": path, **({"encoding": encoding} if encoding else {})}
-    answer = await _call(request, tenant_id, cell_id, "GET", "/files", params=params)
-    if encoding is None and answer.get("encoding") == "base64":
-        # A client that did not ask for an encoding reads ``content`` as the file's text:
-        # handing it base64 would be silently different data.
-        raise ApiError(
-            400, f"{path} is not UTF-8 text; read it with ?encoding=base64 or GET .../files/download",
-            "not_text",
-        )
-    return answer
+    # Without an encoding, a client reads ``content`` as the file's text: ask the agent for
+    # text, which refuses a binary file rather than hand over silently different data.
+    params = {"path": path, "encoding": encoding or "utf-8"}
+    return await _call(request, tenant_id, cell_id, "GET", "/files", params=params)
 
 
 @router.delete("/{cell_id}/files", response_model=dict)

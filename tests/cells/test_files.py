@@ -159,3 +159,10 @@ def test_published_client_file_calls(server):
         assert not cell.file_exists("dir")
     finally:
         cell.kill()
+
+
+def test_reading_a_binary_file_as_text_is_refused_with_the_way_to_read_it(api, cell):
+    base = f"/v1/cells/{cell['cell_id']}/files"
+    api.post(base, json={"path": "b.bin", "content": base64.b64encode(b"\xff\xfe\x00").decode(), "encoding": "base64"})
+    response = api.get(base, params={"path": "b.bin"})
+    assert response.status_code == 400 and "base64" in response.json()["error"]
