@@ -15,10 +15,12 @@ from typing import Any, Iterable
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import delete, event, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from .models import ApiKey, Cell, Event, Receipt, Snapshot, TenantUsage
+from .template_models import Template, TemplateCell
+from .webhook_models import Webhook, WebhookDelivery
 
 __all__ = ["Store", "ApiKey", "Cell", "Event", "Snapshot", "hash_key", "new_key"]
 
@@ -275,7 +277,6 @@ class Store:
 
         Answers how many deliveries were queued.
         """
-        from .webhook_models import Webhook, WebhookDelivery
 
         queued = 0
         async with self.session.begin() as s:
@@ -303,7 +304,6 @@ class Store:
         limit: int = 100,
     ) -> list[Event]:
         """Newest first. With ``since``: the ``limit`` events right after it, so a cursor never skips."""
-        from sqlalchemy import or_
 
         query = select(Event).where(Event.tenant_id == tenant_id)
         if cell_id is not None:
@@ -327,7 +327,6 @@ class Store:
 
     async def get_webhook(self, webhook_id: str, tenant_id: str | None = None) -> Any:
         """The webhook; with ``tenant_id``, only if it is that tenant's."""
-        from .webhook_models import Webhook
 
         async with self.session() as s:
             hook = await s.get(Webhook, webhook_id)
@@ -336,7 +335,6 @@ class Store:
         return hook
 
     async def list_webhooks(self, tenant_id: str) -> list[Any]:
-        from .webhook_models import Webhook
 
         async with self.session() as s:
             query = select(Webhook).where(Webhook.tenant_id == tenant_id).order_by(Webhook.created_at, Webhook.id)
@@ -344,7 +342,6 @@ class Store:
 
     async def delete_webhook(self, tenant_id: str, webhook_id: str) -> bool:
         """Delete a webhook with its deliveries, so nothing more is sent to it."""
-        from .webhook_models import Webhook, WebhookDelivery
 
         async with self.session.begin() as s:
             hook = await s.get(Webhook, webhook_id)
@@ -355,7 +352,6 @@ class Store:
             return True
 
     async def list_deliveries(self, webhook_id: str, limit: int = 100, state: str | None = None) -> list[Any]:
-        from .webhook_models import WebhookDelivery
 
         query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
         if state is not None:
@@ -365,31 +361,27 @@ class Store:
 
     async def due_webhooks(self, now: float) -> list[str]:
         """Webhooks with at least one delivery due."""
-        from .webhook_models import WebhookDelivery as D
 
-        query = select(D.webhook_id).where(D.state == "pending", D.next_attempt_at <= now).distinct()
+        query = select(WebhookDelivery.webhook_id).where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now).distinct()
         async with self.session() as s:
             return list(await s.scalars(query))
 
     async def due_deliveries(self, webhook_id: str, now: float, exclude: Iterable[str], limit: int) -> list[Any]:
-        from .webhook_models import WebhookDelivery as D
 
-        query = select(D).where(D.webhook_id == webhook_id, D.state == "pending", D.next_attempt_at <= now)
+        query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
         excluded = list(exclude)
         if excluded:
-            query = query.where(D.id.not_in(excluded))
+            query = query.where(WebhookDelivery.id.not_in(excluded))
         async with self.session() as s:
-            return list(await s.scalars(query.order_by(D.next_attempt_at, D.id).limit(limit)))
+            return list(await s.scalars(query.order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(limit)))
 
     async def next_delivery_due(self, exclude: Iterable[str]) -> float | None:
-        from sqlalchemy import func
 
-        from .webhook_models import WebhookDelivery as D
 
-        query = select(func.min(D.next_attempt_at)).where(D.state == "pending")
+        query = select(func.min(WebhookDelivery.next_attempt_at)).where(WebhookDelivery.state == "pending")
         excluded = list(exclude)
         if excluded:
-            query = query.where(D.id.not_in(excluded))
+            query = query.where(WebhookDelivery.id.not_in(excluded))
         async with self.session() as s:
             return await s.scalar(query)
 
@@ -397,7 +389,6 @@ class Store:
         self, delivery_id: str, attempt: dict, state: str, next_attempt_at: float | None
     ) -> None:
         """Log one attempt; a delivery deleted meanwhile (its webhook was) is left alone."""
-        from .webhook_models import WebhookDelivery
 
         async with self.session.begin() as s:
             delivery = await s.get(WebhookDelivery, delivery_id)
@@ -411,11 +402,10 @@ class Store:
                 delivery.finished_at = attempt["at"]
 
     async def purge_deliveries(self, finished_before: float) -> int:
-        from .webhook_models import WebhookDelivery as D
 
         async with self.session.begin() as s:
             result = await s.execute(
-                delete(D).where(D.state.in_(["delivered", "failed"]), D.finished_at < finished_before)
+                delete(WebhookDelivery).where(WebhookDelivery.state.in_(["delivered", "failed"]), WebhookDelivery.finished_at < finished_before)
             )
             return result.rowcount or 0
 
@@ -427,19 +417,16 @@ class Store:
             s.add(template)
 
     async def get_template(self, tenant_id: str, name: str) -> Any:
-        from .template_models import Template
 
         async with self.session() as s:
             return await s.scalar(select(Template).where(Template.tenant_id == tenant_id, Template.name == name))
 
     async def get_template_by_id(self, template_id: str) -> Any:
-        from .template_models import Template
 
         async with self.session() as s:
             return await s.get(Template, template_id)
 
     async def list_templates(self, tenant_id: str | None = None, status: str | None = None) -> list[Any]:
-        from .template_models import Template
 
         query = select(Template)
         if tenant_id is not None:
@@ -450,19 +437,16 @@ class Store:
             return list(await s.scalars(query.order_by(Template.created_at, Template.id)))
 
     async def update_template(self, template_id: str, **fields: Any) -> None:
-        from .template_models import Template
 
         async with self.session.begin() as s:
             await s.execute(update(Template).where(Template.id == template_id).values(**fields))
 
     async def delete_template(self, template_id: str) -> None:
-        from .template_models import Template
 
         async with self.session.begin() as s:
             await s.execute(delete(Template).where(Template.id == template_id))
 
     async def add_template_cell(self, cell_id: str, template_id: str, version: int, options: dict) -> None:
-        from .template_models import TemplateCell
 
         async with self.session.begin() as s:
             s.add(TemplateCell(
@@ -470,7 +454,6 @@ class Store:
             ))
 
     async def template_cell(self, cell_id: str) -> Any:
-        from .template_models import TemplateCell
 
         async with self.session() as s:
             return await s.get(TemplateCell, cell_id)
@@ -481,7 +464,6 @@ class Store:
         A use whose cell has no record yet is a cell being created; once older than
         ``unknown_grace_s`` it is the leftover of a purged cell, and is forgotten.
         """
-        from .template_models import TemplateCell
 
         in_use: dict[tuple[str, int], list[str]] = {}
         now = time.time()

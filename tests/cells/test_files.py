@@ -7,10 +7,8 @@ import hashlib
 import json
 import os
 import threading
-import time
 from datetime import datetime
 
-import pytest
 from synapse.cell import Cell
 
 from tests.conftest import sh
